@@ -1,0 +1,1 @@
+"""The data layer: raw files → validated interactions → `Dataset` → protocol splits."""

@@ -1,0 +1,212 @@
+"""The evaluation protocols of docs/protocols.md as splits of per-user histories.
+
+A split says what methods may learn from (``train_sequences``) and which users are
+evaluated how (`UserCase`: the history a method conditions on, which is also excluded
+from the ranking, and the relevant items it must rank high).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from metarec.errors import MetarecError
+
+PROTOCOLS = ("coldstart", "loo", "sampled")
+DEFAULT_KS = {"coldstart": [10, 20], "loo": [10, 20], "sampled": [1, 5, 10]}
+
+
+@dataclass(frozen=True)
+class UserCase:
+    """One evaluated user.
+
+    ``history``: (H,) item indices in time order: the method's input, excluded from ranking.
+    ``relevant``: (Q,) item indices to retrieve.
+    ``candidates``: (C,) item indices to rank among (``sampled``), or None for the catalogue.
+    """
+
+    user: int
+    history: np.ndarray
+    relevant: np.ndarray
+    candidates: np.ndarray | None = None
+
+
+@dataclass
+class Split:
+    """What a method may fit on, and the validation and test users of one protocol."""
+
+    protocol: str
+    params: dict
+    n_items: int
+    train_sequences: list[np.ndarray]
+    valid: list[UserCase]
+    test: list[UserCase]
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def coldstart_users(n_users: int, split_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Meta-train, validation and test user indices: a seeded 70/10/20 permutation."""
+    order = np.random.default_rng(split_seed).permutation(n_users)
+    n_train, n_valid = int(0.7 * n_users), int(0.1 * n_users)
+    return order[:n_train], order[n_train : n_train + n_valid], order[n_train + n_valid :]
+
+
+def _support_query_cases(
+    sequences: list[np.ndarray], users: np.ndarray, support_size: int, query_size: int
+) -> list[UserCase]:
+    """Support = first K items, query = next Q; users with no query item are skipped."""
+    cases = []
+    for user in users:
+        history = sequences[user]
+        if len(history) <= support_size:
+            continue
+        cases.append(
+            UserCase(
+                int(user), history[:support_size], history[support_size : support_size + query_size]
+            )
+        )
+    return cases
+
+
+def coldstart_split(
+    sequences: list[np.ndarray],
+    n_items: int,
+    support_size: int = 10,
+    query_size: int = 10,
+    split_seed: int = 0,
+) -> Split:
+    """Unseen test users, each given only its first ``support_size`` interactions."""
+    if support_size < 1 or query_size < 1:
+        raise MetarecError("coldstart: support and query sizes must be at least 1")
+    train_users, valid_users, test_users = coldstart_users(len(sequences), split_seed)
+    test = _support_query_cases(sequences, np.sort(test_users), support_size, query_size)
+    if not test:
+        raise MetarecError(
+            f"coldstart: no test user has more than {support_size} "
+            "interactions; lower --support-size"
+        )
+    return Split(
+        protocol="coldstart",
+        params={"support_size": support_size, "query_size": query_size, "split_seed": split_seed},
+        n_items=n_items,
+        train_sequences=[sequences[u] for u in np.sort(train_users)],
+        valid=_support_query_cases(sequences, np.sort(valid_users), support_size, query_size),
+        test=test,
+        counts={
+            "train_users": len(train_users),
+            "valid_users": len(valid_users),
+            "test_users": len(test_users),
+            "test_users_skipped": len(test_users) - len(test),
+        },
+    )
+
+
+def loo_split(
+    sequences: list[np.ndarray], n_items: int, user_ids: np.ndarray | None = None
+) -> Split:
+    """Warm leave-one-out: last item is the test target, second-to-last the validation one.
+
+    ``user_ids`` (raw ids by index) only make error messages name the user.
+    """
+    for user, history in enumerate(sequences):
+        if len(history) < 3:
+            name = user_ids[user] if user_ids is not None else f"index {user}"
+            raise MetarecError(
+                f"loo: user {name} has {len(history)} interaction(s); loo and "
+                "sampled need at least 3 per user (filter with --k-core 3)"
+            )
+    return Split(
+        protocol="loo",
+        params={},
+        n_items=n_items,
+        train_sequences=[history[:-2] for history in sequences],
+        valid=[UserCase(u, h[:-2], h[-2:-1]) for u, h in enumerate(sequences)],
+        test=[UserCase(u, h[:-1], h[-1:]) for u, h in enumerate(sequences)],
+        counts={"users": len(sequences)},
+    )
+
+
+def sampled_split(
+    sequences: list[np.ndarray],
+    n_items: int,
+    num_negatives: int = 19,
+    sample_seed: int = 0,
+    user_ids: np.ndarray | None = None,
+) -> Split:
+    """As `loo_split`, but each test target is ranked among ``num_negatives`` sampled items.
+
+    Negatives are drawn uniformly without replacement from the items the user never
+    interacted with, user by user in index order from one seeded generator.
+    """
+    split = loo_split(sequences, n_items, user_ids)
+    rng = np.random.default_rng(sample_seed)
+    test = []
+    for case, history in zip(split.test, sequences, strict=True):
+        unseen = np.setdiff1d(np.arange(n_items), history, assume_unique=False)
+        if len(unseen) < num_negatives:
+            raise MetarecError(
+                f"sampled: user index {case.user} has only {len(unseen)} "
+                f"unseen items; --num-negatives {num_negatives} is too many"
+            )
+        negatives = rng.choice(unseen, size=num_negatives, replace=False)
+        test.append(
+            UserCase(
+                case.user, case.history, case.relevant, np.concatenate([case.relevant, negatives])
+            )
+        )
+    split.protocol = "sampled"
+    split.params = {"num_negatives": num_negatives, "sample_seed": sample_seed}
+    split.test = test
+    return split
+
+
+@dataclass
+class ProtocolConfig:
+    """A protocol and all its parameters (docs/protocols.md); ``ks`` None = its defaults."""
+
+    name: str = "coldstart"
+    support_size: int = 10
+    query_size: int = 10
+    split_seed: int = 0
+    num_negatives: int = 19
+    sample_seed: int = 0
+    ks: list[int] | None = None
+
+    def cutoffs(self) -> tuple[int, ...]:
+        return tuple(self.ks if self.ks is not None else DEFAULT_KS[self.name])
+
+    def describe(self) -> dict:
+        """The parameters that define this protocol (for results files)."""
+        params = {"name": self.name, "ks": list(self.cutoffs())}
+        if self.name == "coldstart":
+            params.update(
+                support_size=self.support_size,
+                query_size=self.query_size,
+                split_seed=self.split_seed,
+            )
+        if self.name == "sampled":
+            params.update(num_negatives=self.num_negatives, sample_seed=self.sample_seed)
+        return params
+
+
+def make_split(
+    sequences: list[np.ndarray],
+    n_items: int,
+    protocol: ProtocolConfig,
+    user_ids: np.ndarray | None = None,
+) -> Split:
+    """The split of ``protocol`` over per-user sequences."""
+    if protocol.name == "coldstart":
+        return coldstart_split(
+            sequences, n_items, protocol.support_size, protocol.query_size, protocol.split_seed
+        )
+    if protocol.name == "loo":
+        return loo_split(sequences, n_items, user_ids)
+    if protocol.name == "sampled":
+        return sampled_split(
+            sequences, n_items, protocol.num_negatives, protocol.sample_seed, user_ids
+        )
+    raise MetarecError(
+        f"unknown protocol {protocol.name!r}; expected one of {', '.join(PROTOCOLS)}"
+    )

@@ -1,0 +1,169 @@
+"""Strict readers for delimited text and Parquet tables.
+
+Every value is checked as it is read, so a bad file fails with its path, the line number
+and the field at fault instead of a pandas traceback or, worse, a silently dropped row.
+Each returned frame carries a ``line`` column (the 1-based source line, or the 1-based row
+for Parquet) so later checks can point back into the file too.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from metarec.errors import DataError
+
+_CONVERTERS: dict[str, Callable[[str], object]] = {"int": int, "float": float, "str": str}
+_EXPECTED = {"int": "an integer", "float": "a number", "str": "text"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One expected field: its name and kind (``int``, ``float`` or ``str``)."""
+
+    name: str
+    kind: str
+    required: bool = True
+
+
+def read_lines(path: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each line, decoding bytes with ``encoding``.
+
+    A trailing newline at the end of the file is not a line. Undecodable bytes raise a
+    DataError that names the line and the byte.
+    """
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError as err:
+                bad = raw[err.start : err.start + 1].hex()
+                raise DataError(
+                    path,
+                    f"byte 0x{bad} at column {err.start + 1} is not valid {encoding} text",
+                    line=number,
+                ) from None
+            yield number, text.rstrip("\r\n")
+
+
+def _convert(path: Path, number: int, column: Column, value: str) -> object:
+    value = value.strip()
+    if value == "" and column.kind != "str":
+        raise DataError(
+            path, f"expected {_EXPECTED[column.kind]}, got nothing", number, column.name
+        )
+    try:
+        return _CONVERTERS[column.kind](value)
+    except ValueError:
+        raise DataError(
+            path, f"expected {_EXPECTED[column.kind]}, got {value!r}", number, column.name
+        ) from None
+
+
+def rows_to_frame(
+    path: Path, rows: Iterator[tuple[int, list[str]]], columns: Sequence[Column]
+) -> pd.DataFrame:
+    """Convert split rows to a typed frame, checking the field count and each value."""
+    names = [column.name for column in columns]
+    values: dict[str, list[object]] = {name: [] for name in names}
+    lines: list[int] = []
+    for number, fields in rows:
+        if len(fields) != len(columns):
+            raise DataError(
+                path,
+                f"expected {len(columns)} fields ({', '.join(names)}), found {len(fields)}",
+                line=number,
+            )
+        for column, value in zip(columns, fields, strict=True):
+            values[column.name].append(_convert(path, number, column, value))
+        lines.append(number)
+    if not lines:
+        raise DataError(path, f"file is empty: expected rows of {', '.join(names)}")
+    frame = pd.DataFrame(values)
+    frame["line"] = lines
+    return frame
+
+
+def read_separated(
+    path: Path, columns: Sequence[Column], separator: str, encoding: str
+) -> pd.DataFrame:
+    """Read a header-less file whose fields are split by a plain ``separator`` string."""
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        for number, text in read_lines(path, encoding):
+            if text.strip() == "":
+                raise DataError(path, "empty line: expected a data row", line=number)
+            yield number, text.split(separator)
+
+    return rows_to_frame(path, rows(), columns)
+
+
+def read_csv_with_header(path: Path, columns: Sequence[Column], encoding: str = "utf-8"):
+    """Read a CSV whose first line names the columns; extra columns are kept as text.
+
+    The header must contain every required column, no name twice, and must not appear
+    again further down (a sign of concatenated files).
+    """
+    lines = read_lines(path, encoding)
+    first = next(lines, None)
+    if first is None or first[1].strip() == "":
+        required = ", ".join(column.name for column in columns if column.required)
+        raise DataError(path, f"file is empty: expected a header line naming {required}", line=1)
+    header = [name.strip() for name in next(csv.reader([first[1]]))]
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise DataError(path, f"header names {', '.join(duplicated)} more than once", line=1)
+    by_name = {column.name: column for column in columns}
+    missing = [c.name for c in columns if c.required and c.name not in header]
+    if missing:
+        raise DataError(
+            path, f"missing column(s) {', '.join(missing)}; header has {', '.join(header)}", line=1
+        )
+    present = [by_name.get(name, Column(name, "str")) for name in header]
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        for number, text in lines:
+            if text.strip() == "":
+                raise DataError(path, "empty line: expected a data row", line=number)
+            fields = next(csv.reader([text]))
+            if [field.strip() for field in fields] == header:
+                raise DataError(path, "the header line appears again (concatenated files?)", number)
+            yield number, fields
+
+    return rows_to_frame(path, rows(), present)
+
+
+def read_parquet_table(path: Path, columns: Sequence[Column]) -> pd.DataFrame:
+    """Read a Parquet table, checking required columns and value kinds row by row."""
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(path, f"not a readable Parquet file ({err})") from None
+    if frame.empty:
+        raise DataError(path, "table has no rows")
+    missing = [c.name for c in columns if c.required and c.name not in frame.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}")
+    frame = frame.reset_index(drop=True)
+    for column in columns:
+        if column.name not in frame.columns or column.kind == "str":
+            continue
+        converted = pd.to_numeric(frame[column.name], errors="coerce")
+        bad = converted.isna() | (
+            (converted != converted.round()) if column.kind == "int" else False
+        )
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            raise DataError(
+                path,
+                f"expected {_EXPECTED[column.kind]}, got {frame[column.name].iloc[row]!r}",
+                line=row + 1,
+                field=column.name,
+            )
+        frame[column.name] = converted.astype("int64" if column.kind == "int" else "float64")
+    frame["line"] = range(1, len(frame) + 1)
+    return frame
