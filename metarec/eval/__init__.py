@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics, and running methods over a protocol split."""

@@ -1,0 +1,56 @@
+"""Score users with a recommender and turn the scores into per-user metrics.
+
+Users are processed in batches so memory stays bounded by ``batch_size × catalogue``.
+The history is excluded from the ranking; for the ``sampled`` protocol everything but
+the candidates is excluded, so the same rank arithmetic serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from metarec.data.splits import UserCase
+from metarec.errors import MetarecError
+from metarec.eval.metrics import all_metrics, relevant_ranks
+
+Scorer = Callable[[list[np.ndarray]], np.ndarray]
+
+
+def case_ranks(scores: np.ndarray, cases: Sequence[UserCase]) -> np.ndarray:
+    """(B, Q) ranks of each case's relevant items given (B, N) scores for those cases."""
+    n_items = scores.shape[1]
+    width = max(len(case.relevant) for case in cases)
+    relevant = np.full((len(cases), width), -1, dtype=np.int64)
+    excluded = np.zeros((len(cases), n_items), dtype=bool)
+    for row, case in enumerate(cases):
+        relevant[row, : len(case.relevant)] = case.relevant
+        if case.candidates is None:
+            excluded[row, case.history] = True
+        else:
+            excluded[row] = True
+            excluded[row, case.candidates] = False
+    return relevant_ranks(scores, relevant, excluded)
+
+
+def evaluate_cases(
+    score: Scorer,
+    cases: Sequence[UserCase],
+    ks: tuple[int, ...],
+    batch_size: int = 128,
+    name: str = "method",
+) -> dict[str, np.ndarray]:
+    """Per-user metrics (each a (U,) array, in ``cases`` order) of a scoring function."""
+    chunks: list[np.ndarray] = []
+    for start in range(0, len(cases), batch_size):
+        batch = cases[start : start + batch_size]
+        scores = np.asarray(score([case.history for case in batch]), dtype=np.float64)
+        if not np.isfinite(scores).all():
+            raise MetarecError(f"{name} produced NaN or infinite scores")
+        chunks.append(case_ranks(scores, batch))
+    width = max(chunk.shape[1] for chunk in chunks)
+    ranks = np.concatenate(
+        [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=np.inf) for c in chunks]
+    )
+    return all_metrics(ranks, ks)
