@@ -1,0 +1,1 @@
+"""Candidate retrieval (FAISS index build and search) and batch rerank jobs (upcoming)."""
