@@ -1,0 +1,1 @@
+"""Meta-learning math: the batched inner loop and the outer (meta) updates."""

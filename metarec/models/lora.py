@@ -1,0 +1,132 @@
+"""LoRA layers whose weights can be a different fast copy for every user in the batch.
+
+``BatchedLoRALinear`` computes ``x ↦ W0 x + (α/r) B A x`` (the peft/torchtune formula).
+Its ``lora_A`` (r, d_in) and ``lora_B`` (d_out, r) parameters are the shared, meta-learned
+initialisation. While fast weights are bound (`bind_fast_weights`), user u of the batch
+uses its own ``A_u`` (r, d_in) and ``B_u`` (d_out, r) instead, stacked as (U, r, d_in) and
+(U, d_out, r) tensors and applied with batched matmuls. Fast weights are ordinary
+tensors in the autograd graph, so one backward pass gives every user's inner-loop
+gradient and, with ``create_graph=True``, second-order meta-gradients.
+
+Parameter names match peft's (``<module>.lora_A.weight``), so an initialisation exports
+as a peft adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+FastWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class LoRAConfig:
+    """Rank, scaling and placement of the adapters.
+
+    ``target_modules``: names of the linear layers that get adapters (peft's matching:
+    the last component of the module path). ``layers``: indices of the decoder layers
+    whose adapters exist (None = all).
+    """
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    layers: list[int] | None = None
+
+
+class _Weight(nn.Module):
+    """Holds one LoRA matrix as ``.weight``, so state-dict keys read ``lora_A.weight``."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+
+
+class BatchedLoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a LoRA update, shared or per user."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float) -> None:
+        super().__init__()
+        self.base = base
+        self.scaling = alpha / rank
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        lora_a = torch.empty(rank, base.in_features, dtype=base.weight.dtype)
+        nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))  # peft's default initialisation
+        self.lora_A = _Weight(lora_a)
+        self.lora_B = _Weight(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
+        self.fast: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (U, T, d_in) → (U, T, d_out); with fast weights bound, U must match theirs."""
+        out = self.base(x)
+        dropped = self.dropout(x)
+        if self.fast is None:
+            update = dropped @ self.lora_A.weight.T @ self.lora_B.weight.T
+        else:
+            fast_a, fast_b = self.fast
+            update = torch.bmm(torch.bmm(dropped, fast_a.transpose(1, 2)), fast_b.transpose(1, 2))
+        return out + self.scaling * update
+
+
+def _layer_index(name: str) -> int | None:
+    parts = name.split(".")
+    for before, after in zip(parts, parts[1:], strict=False):
+        if before == "layers" and after.isdigit():
+            return int(after)
+    return None
+
+
+def inject_lora(model: nn.Module, config: LoRAConfig) -> dict[str, BatchedLoRALinear]:
+    """Wrap the targeted linear layers of ``model`` in place; returns them by module name."""
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and name.split(".")[-1] in config.target_modules
+        and (config.layers is None or _layer_index(name) in config.layers)
+    ]
+    if not targets:
+        raise ValueError(f"no linear layer matches target_modules={config.target_modules}")
+    wrapped = {}
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        lora = BatchedLoRALinear(module, config.rank, config.alpha, config.dropout)
+        setattr(parent, child, lora)
+        wrapped[name] = lora
+    return wrapped
+
+
+def initial_fast_weights(layers: dict[str, BatchedLoRALinear], n_users: int) -> FastWeights:
+    """Every user starts at the shared initialisation: (U, r, d_in) and (U, d_out, r) views.
+
+    They are expanded views of the parameters, so gradients flow back to the init.
+    """
+    return {
+        name: (
+            layer.lora_A.weight.unsqueeze(0).expand(n_users, -1, -1),
+            layer.lora_B.weight.unsqueeze(0).expand(n_users, -1, -1),
+        )
+        for name, layer in layers.items()
+    }
+
+
+@contextmanager
+def bind_fast_weights(layers: dict[str, BatchedLoRALinear], fast: FastWeights) -> Iterator[None]:
+    """Make ``layers`` use per-user ``fast`` weights inside the ``with`` block."""
+    for name, layer in layers.items():
+        layer.fast = fast[name]
+    try:
+        yield
+    finally:
+        for layer in layers.values():
+            layer.fast = None
