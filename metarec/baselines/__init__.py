@@ -1,0 +1,30 @@
+"""Classical baselines behind one interface, built by name from YAML hyper-parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metarec.baselines.base import Recommender
+from metarec.baselines.ease import EASE, EASEConfig
+from metarec.baselines.itemknn import ItemKNN, ItemKNNConfig
+from metarec.baselines.pop import Pop, PopConfig
+from metarec.baselines.sasrec import SASRec, SASRecConfig
+from metarec.baselines.userknn import UserKNN, UserKNNConfig
+from metarec.config import from_mapping
+from metarec.errors import ConfigError
+
+BASELINES: dict[str, tuple[type[Recommender], type]] = {
+    "pop": (Pop, PopConfig),
+    "itemknn": (ItemKNN, ItemKNNConfig),
+    "userknn": (UserKNN, UserKNNConfig),
+    "ease": (EASE, EASEConfig),
+    "sasrec": (SASRec, SASRecConfig),
+}
+
+
+def build_baseline(name: str, hyperparameters: dict[str, Any]) -> Recommender:
+    """A fresh baseline ``name`` configured from its section of the baselines YAML."""
+    if name not in BASELINES:
+        raise ConfigError(f"unknown method '{name}'; known: {', '.join(BASELINES)}")
+    model_class, config_class = BASELINES[name]
+    return model_class(from_mapping(config_class, hyperparameters.get(name), where=name))

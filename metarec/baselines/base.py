@@ -1,0 +1,47 @@
+"""The one interface every recommender implements, and helpers they share.
+
+A recommender is fitted on the training users' histories (validation users may be used
+for model selection only) and then scores the whole catalogue for any user given that
+user's history, including users it has never seen: the cold-start setting.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from metarec.data.splits import UserCase
+
+
+class Recommender(ABC):
+    """Fit once, then score batches of users from their histories."""
+
+    @abstractmethod
+    def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
+        """Learn from training users' time-ordered item histories (list of (L_u,) arrays)."""
+
+    @abstractmethod
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        """Scores (B, n_items) float32 for B users given their (L_b,) item histories."""
+
+
+def interaction_matrix(sequences: list[np.ndarray], n_items: int) -> np.ndarray:
+    """(U, N) float32 0/1 matrix: row u marks the items in sequence u."""
+    matrix = np.zeros((len(sequences), n_items), dtype=np.float32)
+    for row, items in enumerate(sequences):
+        matrix[row, items] = 1.0
+    return matrix
+
+
+def keep_top_k(matrix: np.ndarray, k: int) -> np.ndarray:
+    """Zero all but the ``k`` largest entries of each row of (R, C) ``matrix``.
+
+    Exactly ``k`` survive per row; among equal values the lower column index wins.
+    """
+    if k >= matrix.shape[1]:
+        return matrix
+    top = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
+    kept = np.zeros_like(matrix)
+    np.put_along_axis(kept, top, np.take_along_axis(matrix, top, axis=1), axis=1)
+    return kept

@@ -1,0 +1,27 @@
+"""Popularity: every user gets the items most training users interacted with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from metarec.baselines.base import Recommender, interaction_matrix
+from metarec.data.splits import UserCase
+
+
+@dataclass
+class PopConfig:
+    """Popularity has no hyper-parameters."""
+
+
+class Pop(Recommender):
+    def __init__(self, config: PopConfig) -> None:
+        self.config = config
+        self.counts: np.ndarray | None = None
+
+    def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
+        self.counts = interaction_matrix(train_sequences, n_items).sum(axis=0)
+
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        return np.tile(self.counts, (len(histories), 1))

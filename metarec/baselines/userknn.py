@@ -1,0 +1,38 @@
+"""User-kNN: score items by how the most similar training users interacted.
+
+A user (possibly new) is compared to every training user by the cosine between their
+0/1 history vectors; the ``neighbours`` most similar ones (ties: lower training index)
+vote for their items with weight equal to the similarity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from metarec.baselines.base import Recommender, interaction_matrix, keep_top_k
+from metarec.data.splits import UserCase
+
+
+@dataclass
+class UserKNNConfig:
+    neighbours: int
+
+
+class UserKNN(Recommender):
+    def __init__(self, config: UserKNNConfig) -> None:
+        self.config = config
+        self.train_matrix: np.ndarray | None = None
+        self.train_norms: np.ndarray | None = None
+
+    def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
+        self.train_matrix = interaction_matrix(train_sequences, n_items)
+        self.train_norms = np.sqrt(self.train_matrix.sum(axis=1))
+
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        queries = interaction_matrix(histories, self.train_matrix.shape[1])
+        query_norms = np.sqrt(queries.sum(axis=1))
+        similarity = queries @ self.train_matrix.T / np.outer(query_norms, self.train_norms)
+        weights = keep_top_k(similarity, self.config.neighbours)
+        return (weights @ self.train_matrix).astype(np.float32)

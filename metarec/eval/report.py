@@ -1,0 +1,71 @@
+"""Render evaluation results for people (Markdown) and machines (JSON, Parquet).
+
+Files are written to a temporary name and renamed, so an interrupted run never leaves
+a half-written results file in place of a previous good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from metarec.errors import MetarecError
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """One row per method: each metric's mean, with the 95% CI for the first ndcg."""
+    methods = summary["methods"]
+    metric_names = [name for name in next(iter(methods.values())) if not name.endswith("_ci")]
+    headline = next((name for name in metric_names if name.startswith("ndcg@")), metric_names[0])
+    header = ["method", *[f"{headline} (95% CI)" if n == headline else n for n in metric_names]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, values in methods.items():
+        cells = [method]
+        for name in metric_names:
+            cell = f"{values[name]:.4f}"
+            if name == headline:
+                low, high = values[f"{name}_ci"]
+                cell += f" [{low:.4f}, {high:.4f}]"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    protocol = summary["protocol"]
+    described = ", ".join(f"{k}={v}" for k, v in protocol.items())
+    return f"{described}; {summary['n_test_users']} test users\n\n" + "\n".join(lines)
+
+
+def write_atomic(path: Path, write: Any) -> None:
+    """Call ``write(temp_path)`` then rename the result onto ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(handle)
+    except OSError as err:
+        raise MetarecError(f"{path}: cannot write output ({err.strerror})") from None
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def write_json(path: Path, summary: dict[str, Any]) -> None:
+    write_atomic(path, lambda target: target.write_text(json.dumps(summary, indent=2) + "\n"))
+
+
+def write_per_user(
+    path: Path, per_user: dict[str, dict[str, np.ndarray]], user_ids: np.ndarray
+) -> None:
+    """Parquet with one row per (method, test user) and one column per metric."""
+    frames = [
+        pd.DataFrame({"method": method, "user_id": user_ids, **metrics})
+        for method, metrics in per_user.items()
+    ]
+    table = pd.concat(frames, ignore_index=True)
+    write_atomic(path, lambda target: table.to_parquet(target, index=False))

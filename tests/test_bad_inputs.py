@@ -1,0 +1,121 @@
+"""Each bad input exits non-zero with one line naming the file, line or field at fault."""
+
+from pathlib import Path
+
+import pytest
+
+from metarec.cli import main
+
+BAD = Path(__file__).parent / "bad_inputs"
+
+
+def custom(interactions: str, items: str | None = None) -> list[str]:
+    args = ["--dataset", "custom", "--interactions", str(BAD / interactions)]
+    return args + (["--items", str(BAD / items)] if items else [])
+
+
+# name -> (arguments after `evaluate`, substrings the one-line message must contain)
+CASES = {
+    "malformed_line": (
+        ["--data-dir", str(BAD / "malformed_line")],
+        ["u.data:3:", "expected 4 fields", "found 3"],
+    ),
+    "missing_column": (
+        custom("missing_column.csv"),
+        ["missing_column.csv:1:", "missing column(s) timestamp"],
+    ),
+    "empty_file": (custom("empty.csv"), ["empty.csv:1:", "file is empty"]),
+    "unknown_item": (
+        custom("unknown_item/interactions.csv", "unknown_item/items.csv"),
+        ["interactions.csv:4:", "field 'item_id'", "unknown item id 99"],
+    ),
+    "duplicate_item": (
+        custom("duplicate_item/interactions.csv", "duplicate_item/items.csv"),
+        ["items.csv:4:", "duplicate item id 10", "first at line 2"],
+    ),
+    "duplicate_header": (
+        custom("duplicate_header.csv"),
+        ["duplicate_header.csv:1:", "item_id more than once"],
+    ),
+    "repeated_header": (
+        custom("repeated_header.csv"),
+        ["repeated_header.csv:3:", "header line appears again"],
+    ),
+    "non_utf8": (custom("non_utf8.csv"), ["non_utf8.csv:3:", "0xe9", "utf-8"]),
+    "non_numeric_timestamp": (
+        custom("non_numeric_timestamp.csv"),
+        ["non_numeric_timestamp.csv:3:", "field 'timestamp'", "'yesterday'"],
+    ),
+    "empty_line": (custom("empty_line.csv"), ["empty_line.csv:3:", "empty line"]),
+    "one_interaction": (
+        custom("one_interaction.csv") + ["--protocol", "loo"],
+        ["user 2 has 1 interaction", "--k-core 3"],
+    ),
+    "missing_data_dir": (
+        ["--data-dir", str(BAD / "no_such_dir")],
+        ["no_such_dir", "does not exist"],
+    ),
+    "not_a_zip": (["--data-dir", str(BAD / "ml-100k.zip")], ["ml-100k.zip", "not a valid zip"]),
+    "config_typo": (
+        custom("one_interaction.csv") + ["--baselines-config", str(BAD / "baselines_typo.yaml")],
+        ["itemknn: unknown key 'neighbors'", "did you mean 'neighbours'"],
+    ),
+    "config_bad_yaml": (
+        custom("one_interaction.csv")
+        + ["--baselines-config", str(BAD / "baselines_bad_yaml.yaml")],
+        ["baselines_bad_yaml.yaml:", "not valid YAML"],
+    ),
+    "unknown_method": (
+        custom("one_interaction.csv") + ["--methods", "pop,itemnn"],
+        ["unknown method 'itemnn'"],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_gives_one_line_error(name, tmp_path, capsys):
+    arguments, expected = CASES[name]
+    status = main(
+        [
+            "evaluate",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *arguments,
+            "--support-size",
+            "1",
+            "--query-size",
+            "1",
+        ]
+    )
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("metarec: error: ") and "\n" not in error, error
+    for fragment in expected:
+        assert fragment in error, error
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    status = main(
+        ["evaluate", *custom("one_interaction.csv"), "--output", str(blocker / "results.json")]
+    )
+    assert status == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_failed_run_leaves_earlier_results_intact(tmp_path):
+    output = tmp_path / "results.json"
+    output.write_text('{"earlier": true}')
+    status = main(
+        [
+            "evaluate",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            *custom("empty.csv"),
+            "--output",
+            str(output),
+        ]
+    )
+    assert status == 2
+    assert output.read_text() == '{"earlier": true}'
