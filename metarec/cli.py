@@ -6,17 +6,21 @@ It turns options into typed configs and calls the job; user-facing errors
     metarec data prepare --dataset ml-100k --data-dir ../shared/data
     metarec evaluate --dataset ml-100k --protocol coldstart --support-size 10 \
         --methods pop,itemknn,sasrec --output results.json
+    metarec train --config configs/tiny.yaml --output-dir runs/tiny --set meta.inner_lr=0.1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from metarec.config import load_yaml
+import yaml
+
+from metarec.config import from_mapping, load_yaml
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import PROTOCOLS, ProtocolConfig
 from metarec.errors import MetarecError
@@ -115,6 +119,41 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"wrote {args.per_user_output}")
 
 
+def _apply_override(config: dict, assignment: str) -> None:
+    """Set ``a.b.c=value`` (value parsed as YAML) inside a nested config mapping."""
+    key, separator, value = assignment.partition("=")
+    if not separator:
+        raise MetarecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. meta.inner_lr=0.01")
+    *parents, leaf = key.strip().split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MetarecError(f"--set {assignment!r}: {part} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from train.meta_train import TrainConfig, run
+
+    raw = load_yaml(args.config)
+    for assignment in args.set:
+        _apply_override(raw, assignment)
+    if args.split_seed is not None:
+        raw["split_seed"] = args.split_seed
+    if args.output_dir is not None:
+        raw["output_dir"] = str(args.output_dir)
+    data = raw.setdefault("data", {})
+    env_data_dir = os.environ.get("METAREC_DATA_DIR")
+    if "data_dir" not in data and env_data_dir:
+        data["data_dir"] = env_data_dir
+    data.setdefault("cache_dir", os.environ.get("METAREC_CACHE_DIR", "~/.cache/metarec"))
+    config = from_mapping(TrainConfig, raw, where=str(args.config))
+    _check_writable(config.output_dir / "config.json")
+    history = run(config)
+    print(json.dumps(history[-1], indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metarec", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--output", type=Path, help="results JSON")
     evaluate.add_argument("--per-user-output", type=Path, help="per-user metrics Parquet")
     evaluate.set_defaults(handler=cmd_evaluate)
+
+    train = commands.add_parser("train", help="meta-train the LLM user model's LoRA init")
+    train.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/tiny.yaml")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set meta.inner_lr=0.01",
+    )
+    train.add_argument("--split-seed", type=int)
+    train.add_argument("--output-dir", type=Path)
+    train.set_defaults(handler=cmd_train)
     return parser
 
 

@@ -9,9 +9,10 @@ loop, then returns a scalar whose gradient with respect to φ₀ is its meta-gra
 - ``metasgd``: ``maml`` with a learned learning rate per LoRA weight (`MetaSGDRates`);
 - ``proximal``: first order, inner loss plus λ·½‖φ − φ₀‖² (iMAML-style regularised
   adaptation, so the adapted weights stay near the initialisation);
-- ``reptile``: no query loss; ½‖φ₀ − mean_u φ_u‖² with the adapted weights held constant,
-  whose gradient φ₀ − mean_u φ_u makes an SGD step of size ε the Reptile update
-  φ₀ ← φ₀ + ε (mean_u φ_u − φ₀).
+- ``reptile``: ½‖φ₀ − mean_u φ_u‖² with the adapted weights held constant, whose gradient
+  φ₀ − mean_u φ_u makes an SGD step of size ε the Reptile update φ₀ ← φ₀ + ε (mean_u φ_u − φ₀);
+  plus the query loss at the (constant) adapted weights, which trains only what is not
+  adapted (the item side), as the query loss does in the other algorithms.
 """
 
 from __future__ import annotations
@@ -81,5 +82,6 @@ def meta_objective(
     proximal = config.proximal_strength if config.algorithm == "proximal" else 0.0
     adapted = adapt(support_loss, start, config.inner_steps, lr, second_order, proximal)
     if config.algorithm == "reptile":
-        return reptile_surrogate(start, adapted), adapted
+        constant = {name: (a.detach(), b.detach()) for name, (a, b) in adapted.items()}
+        return reptile_surrogate(start, adapted) + query_loss(constant).mean(), adapted
     return query_loss(adapted).mean(), adapted

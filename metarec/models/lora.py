@@ -18,9 +18,13 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+
+from metarec.errors import MetarecError
 
 FastWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -130,3 +134,37 @@ def bind_fast_weights(layers: dict[str, BatchedLoRALinear], fast: FastWeights) -
     finally:
         for layer in layers.values():
             layer.fast = None
+
+
+def save_peft_adapter(
+    layers: dict[str, BatchedLoRALinear], config: LoRAConfig, folder: Path, base_model: str
+) -> None:
+    """Write the shared initialisation as a peft adapter (loadable by ``PeftModel``)."""
+    from peft import LoraConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=config.target_modules,
+        layers_to_transform=config.layers,
+        base_model_name_or_path=base_model,
+    ).save_pretrained(str(folder))
+    tensors = {
+        f"base_model.model.{name}.{part}.weight": getattr(layer, part).weight.detach().contiguous()
+        for name, layer in layers.items()
+        for part in ("lora_A", "lora_B")
+    }
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+
+
+def load_peft_adapter(layers: dict[str, BatchedLoRALinear], folder: Path) -> None:
+    """Load a peft adapter's weights into ``layers`` (shapes and names must match)."""
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    for name, layer in layers.items():
+        for part in ("lora_A", "lora_B"):
+            key = f"base_model.model.{name}.{part}.weight"
+            if key not in tensors:
+                raise MetarecError(f"{folder}: adapter has no {key}")
+            getattr(layer, part).weight.data.copy_(tensors[key])

@@ -1,0 +1,70 @@
+"""Meta-training episodes: each user's history cut the way a cold user arrives.
+
+A cold test user brings its first K interactions (the support) and is judged on the next
+Q (the query). Training episodes mirror that from the start of each training user's
+history, with K drawn per episode from ``support_sizes`` so one initialisation serves
+several support sizes. Batches are padded tensors ready for the user model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class EpisodeBatch:
+    """U episodes as tensors.
+
+    ``support``: (U, K_max) right-padded item ids (padding repeats id 0, masked by length);
+    ``support_lengths``: (U,); ``query``: (U, Q_max) item ids, -1 = padding.
+    """
+
+    support: torch.Tensor
+    support_lengths: torch.Tensor
+    query: torch.Tensor
+
+    def support_excluded(self, n_items: int) -> torch.Tensor:
+        """(U, N) bool: the support items, which are never ranked."""
+        excluded = torch.zeros(len(self.support), n_items, dtype=torch.bool)
+        positions = torch.arange(self.support.shape[1])
+        real = positions[None, :] < self.support_lengths[:, None]
+        rows = torch.arange(len(self.support))[:, None].expand_as(self.support)
+        excluded[rows[real], self.support[real]] = True
+        return excluded
+
+
+def collate(supports: list[np.ndarray], queries: list[np.ndarray]) -> EpisodeBatch:
+    """Pad per-user supports (K_u,) and queries (Q_u,) into an EpisodeBatch."""
+    width = max(len(s) for s in supports)
+    query_width = max(1, max(len(q) for q in queries))
+    support = np.zeros((len(supports), width), dtype=np.int64)
+    query = np.full((len(queries), query_width), -1, dtype=np.int64)
+    for row, (items, relevant) in enumerate(zip(supports, queries, strict=True)):
+        support[row, : len(items)] = items
+        query[row, : len(relevant)] = relevant
+    lengths = torch.tensor([len(s) for s in supports], dtype=torch.int64)
+    return EpisodeBatch(torch.from_numpy(support), lengths, torch.from_numpy(query))
+
+
+def sample_episodes(
+    sequences: list[np.ndarray],
+    support_sizes: list[int],
+    query_size: int,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One (support, query) episode per sequence long enough for a query, in shuffled order.
+
+    Support = first K items (K drawn from ``support_sizes``, capped so at least one query
+    item remains), query = the next ``query_size`` items.
+    """
+    episodes = []
+    for index in rng.permutation(len(sequences)):
+        sequence = sequences[index]
+        size = min(int(rng.choice(support_sizes)), len(sequence) - 1)
+        if size < 2:
+            continue
+        episodes.append((sequence[:size], sequence[size : size + query_size]))
+    return episodes

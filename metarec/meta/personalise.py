@@ -1,0 +1,62 @@
+"""Episode losses of the user model, and adapt-then-score for a batch of users.
+
+The support loss is next-item prediction inside the support; the query loss ranks the
+query items from the state after the last support item, with the support excluded, as
+the ``coldstart`` protocol does at test time.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metarec.data.episodes import EpisodeBatch
+from metarec.meta.algorithms import MetaConfig, MetaSGDRates
+from metarec.meta.inner_loop import LossFn, adapt
+from metarec.meta.losses import next_item_losses, query_losses
+from metarec.models.lora import FastWeights, bind_fast_weights, initial_fast_weights
+from metarec.models.user_model import UserModel
+
+
+def last_states(model: UserModel, batch: EpisodeBatch, fast: FastWeights) -> torch.Tensor:
+    """(U, item_dim) state after each user's last support item, under fast weights."""
+    with bind_fast_weights(model.lora_layers, fast):
+        states = model.states(batch.support, batch.support_lengths)
+    return states[torch.arange(len(states)), batch.support_lengths - 1]
+
+
+def support_loss_fn(model: UserModel, batch: EpisodeBatch) -> LossFn:
+    def support_loss(fast: FastWeights) -> torch.Tensor:
+        with bind_fast_weights(model.lora_layers, fast):
+            states = model.states(batch.support, batch.support_lengths)
+        return next_item_losses(model.scores(states), batch.support, batch.support_lengths)
+
+    return support_loss
+
+
+def query_loss_fn(model: UserModel, batch: EpisodeBatch, excluded: torch.Tensor) -> LossFn:
+    def query_loss(fast: FastWeights) -> torch.Tensor:
+        return query_losses(model.scores(last_states(model, batch, fast)), batch.query, excluded)
+
+    return query_loss
+
+
+def adapted_scores(
+    model: UserModel,
+    batch: EpisodeBatch,
+    meta: MetaConfig,
+    rates: MetaSGDRates | None = None,
+    inner_steps: int | None = None,
+) -> torch.Tensor:
+    """(U, N) scores after ``inner_steps`` (default ``meta.inner_steps``) support steps.
+
+    First order at test time: the inner gradients are only needed, not differentiated.
+    """
+    steps = meta.inner_steps if inner_steps is None else inner_steps
+    lr = rates.by_name() if rates is not None else meta.inner_lr
+    start = initial_fast_weights(model.lora_layers, len(batch.support))
+    proximal = meta.proximal_strength if meta.algorithm == "proximal" else 0.0
+    with torch.enable_grad():
+        fast = adapt(support_loss_fn(model, batch), start, steps, lr, False, proximal)
+    with torch.no_grad():
+        fast = {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
+        return model.scores(last_states(model, batch, fast))

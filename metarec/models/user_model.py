@@ -1,0 +1,88 @@
+"""The LLM user model: a history of items runs through the backbone and scores the catalogue.
+
+Items live in a shared ``item_dim`` space: the projection of their text vector
+concatenated with a learned collaborative id embedding (text alone is weak on MovieLens;
+ids alone cannot place a new item, whose id embedding stays at its zero start). A user's
+history, as item vectors projected to the backbone's hidden size, runs through the
+backbone (``inputs_embeds``, LoRA fast weights inside); the state at a position, projected
+back to ``item_dim``, scores every item by dot product.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from metarec.models.backbone import BackboneConfig
+from metarec.models.lora import BatchedLoRALinear, LoRAConfig, inject_lora
+
+
+@dataclass
+class UserModelConfig:
+    """The backbone, its adapters and the item side."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    text_encoder: str = "all-minilm-l6-v2"
+    id_dim: int = 64
+    item_dim: int = 128
+    max_len: int = 50
+
+
+class UserModel(nn.Module):
+    """Backbone with LoRA plus the item side; scores (U, N) from item histories (U, T)."""
+
+    def __init__(
+        self,
+        config: UserModelConfig,
+        backbone: nn.Module,
+        text_vectors: torch.Tensor | None,
+        n_items: int,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.lora_layers: dict[str, BatchedLoRALinear] = inject_lora(backbone, config.lora)
+        hidden = backbone.config.hidden_size
+        dtype = next(backbone.parameters()).dtype
+        text_dim = 0 if text_vectors is None else text_vectors.shape[1]
+        if text_vectors is not None:
+            self.register_buffer("text_vectors", text_vectors.to(dtype), persistent=False)
+        else:
+            self.text_vectors = None
+        self.id_embedding = nn.Embedding(n_items, config.id_dim, dtype=dtype)
+        nn.init.zeros_(self.id_embedding.weight)
+        self.item_projection = nn.Linear(text_dim + config.id_dim, config.item_dim, dtype=dtype)
+        self.input_projection = nn.Linear(config.item_dim, hidden, dtype=dtype)
+        self.output_projection = nn.Linear(hidden, config.item_dim, dtype=dtype)
+
+    def item_vectors(self) -> torch.Tensor:
+        """(N, item_dim) vectors of every catalogue item."""
+        parts = [self.id_embedding.weight]
+        if self.text_vectors is not None:
+            parts.insert(0, self.text_vectors)
+        return self.item_projection(torch.cat(parts, dim=1))
+
+    def states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(U, T, item_dim) user states after each position of right-padded (U, T) histories.
+
+        Padding positions (index >= length) carry any item id; they are masked out of
+        attention and their states are meaningless.
+        """
+        vectors = self.item_vectors()
+        inputs = self.input_projection(vectors[items])
+        positions = torch.arange(items.shape[1], device=items.device)
+        mask = (positions[None, :] < lengths[:, None]).long()
+        hidden = self.backbone(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+        return self.output_projection(hidden)
+
+    def scores(self, states: torch.Tensor) -> torch.Tensor:
+        """(..., N) scores of (..., item_dim) states against every item."""
+        return states @ self.item_vectors().T
+
+    def trainable_outside_lora(self) -> list[nn.Parameter]:
+        """The item side and projections: trained by the outer loop, not adapted per user."""
+        lora = {id(p) for layer in self.lora_layers.values() for p in layer.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in lora]
