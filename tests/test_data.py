@@ -42,8 +42,9 @@ def test_ml1m_decodes_latin1_orders_stably_and_reads_zip(tmp_path):
     with zipfile.ZipFile(tmp_path / "ml-1m.zip", "w") as bundle:
         for name in ("ratings.dat", "movies.dat"):
             bundle.write(tmp_path / "ml-1m" / name, f"ml-1m/{name}")
-    zipped = load_dataset(DataConfig("ml-1m", data_dir=tmp_path / "ml-1m.zip",
-                                     cache_dir=tmp_path / "z"))
+    zipped = load_dataset(
+        DataConfig("ml-1m", data_dir=tmp_path / "ml-1m.zip", cache_dir=tmp_path / "z")
+    )
     pd.testing.assert_frame_equal(zipped.interactions, dataset.interactions)
 
 
@@ -61,20 +62,30 @@ def slow_k_core(rows, k):
 def test_preprocess_filters_dedups_and_k_cores(tmp_path):
     rng = np.random.default_rng(0)
     n = 400
-    frame = pd.DataFrame({
-        "user_id": rng.integers(1, 40, n), "item_id": rng.integers(100, 160, n),
-        "timestamp": rng.integers(0, 50, n), "rating": rng.integers(1, 6, n).astype(float),
-    })
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(1, 40, n),
+            "item_id": rng.integers(100, 160, n),
+            "timestamp": rng.integers(0, 50, n),
+            "rating": rng.integers(1, 6, n).astype(float),
+        }
+    )
     path = tmp_path / "interactions.csv"
     frame.to_csv(path, index=False)
     raw = load_custom(path)
     dataset = preprocess(raw, PreprocessOptions(min_rating=3, k_core=3))
-    kept = frame[frame["rating"] >= 3].sort_values(["user_id", "timestamp", "item_id"],
-                                                    kind="stable")
+    kept = frame[frame["rating"] >= 3].sort_values(
+        ["user_id", "timestamp", "item_id"], kind="stable"
+    )
     deduped = kept.drop_duplicates(["user_id", "item_id"])
     expected = slow_k_core(zip(deduped["user_id"], deduped["item_id"], strict=True), 3)
-    got = list(zip(dataset.user_ids[dataset.interactions["user"]],
-                   dataset.item_ids[dataset.interactions["item"]], strict=True))
+    got = list(
+        zip(
+            dataset.user_ids[dataset.interactions["user"]],
+            dataset.item_ids[dataset.interactions["item"]],
+            strict=True,
+        )
+    )
     assert got == expected
     report = dataset.report
     assert report["removed_below_min_rating"] == int((frame["rating"] < 3).sum())
@@ -84,17 +95,21 @@ def test_preprocess_filters_dedups_and_k_cores(tmp_path):
 
 
 def test_csv_and_parquet_load_identically_and_cache_round_trips(tmp_path):
-    frame = pd.DataFrame({"user_id": [3, 3, 1, 1, 1], "item_id": [7, 8, 7, 9, 8],
-                          "timestamp": [5, 5, 1, 2, 3]})
-    items = pd.DataFrame({"item_id": [7, 8, 9, 10], "title": ["A", "B", "C", "D"],
-                          "genres": ["x", "y", "z", "w"]})
+    frame = pd.DataFrame(
+        {"user_id": [3, 3, 1, 1, 1], "item_id": [7, 8, 7, 9, 8], "timestamp": [5, 5, 1, 2, 3]}
+    )
+    items = pd.DataFrame(
+        {"item_id": [7, 8, 9, 10], "title": ["A", "B", "C", "D"], "genres": ["x", "y", "z", "w"]}
+    )
     frame.to_csv(tmp_path / "i.csv", index=False)
     frame.to_parquet(tmp_path / "i.parquet")
     items.to_csv(tmp_path / "items.csv", index=False)
-    from_csv = preprocess(load_custom(tmp_path / "i.csv", tmp_path / "items.csv"),
-                          PreprocessOptions())
-    from_parquet = preprocess(load_custom(tmp_path / "i.parquet", tmp_path / "items.csv"),
-                              PreprocessOptions())
+    from_csv = preprocess(
+        load_custom(tmp_path / "i.csv", tmp_path / "items.csv"), PreprocessOptions()
+    )
+    from_parquet = preprocess(
+        load_custom(tmp_path / "i.parquet", tmp_path / "items.csv"), PreprocessOptions()
+    )
     pd.testing.assert_frame_equal(from_csv.interactions, from_parquet.interactions)
     assert from_csv.item_text == ["A | x", "B | y", "C | z", "D | w"]
     assert from_csv.report["items_without_interactions"] == 1  # item 10: new, text only
