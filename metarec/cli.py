@@ -107,6 +107,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         methods=[name.strip() for name in args.methods.split(",") if name.strip()],
         hyperparameters=load_yaml(args.baselines_config),
         bootstrap_resamples=args.bootstrap_resamples,
+        checkpoint=args.checkpoint,
+        baseline_checkpoint=args.baseline_checkpoint,
     )
     result = evaluate(config)
     print(markdown_table(result.summary))
@@ -174,9 +176,18 @@ def build_parser() -> argparse.ArgumentParser:
     protocol.add_argument("--num-negatives", type=int, default=19)
     protocol.add_argument("--sample-seed", type=int, default=0)
     protocol.add_argument("--k", type=_int_list, help="cutoffs, e.g. 10,20 (protocol default)")
-    evaluate.add_argument("--methods", default="pop,itemknn", help="comma-separated method names")
+    evaluate.add_argument(
+        "--methods",
+        default="pop,itemknn",
+        help="comma-separated: pop, itemknn, userknn, ease, sasrec, llm-noadapt, llm-finetune, "
+        "meta-lora",
+    )
     evaluate.add_argument("--baselines-config", type=Path, default=REPO_CONFIGS / "baselines.yaml")
     evaluate.add_argument("--bootstrap-resamples", type=int, default=1000)
+    evaluate.add_argument("--checkpoint", type=Path, help="meta-lora run dir (metarec train)")
+    evaluate.add_argument(
+        "--baseline-checkpoint", type=Path, help="run dir trained with meta.inner_steps=0"
+    )
     evaluate.add_argument("--output", type=Path, help="results JSON")
     evaluate.add_argument("--per-user-output", type=Path, help="per-user metrics Parquet")
     evaluate.set_defaults(handler=cmd_evaluate)

@@ -15,28 +15,24 @@ model without adaptation (the ``llm-noadapt`` comparison: ordinary multi-user tr
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from metarec.checkpoint import save_checkpoint
 from metarec.data.episodes import collate, sample_episodes
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import UserCase, coldstart_split
 from metarec.eval.ranking import evaluate_cases
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
-from metarec.meta.personalise import adapted_scores, query_loss_fn, support_loss_fn
-from metarec.models.backbone import load_backbone
-from metarec.models.lora import initial_fast_weights, save_peft_adapter
-from metarec.models.text_encoder import cached_text_vectors
+from metarec.meta.personalise import query_loss_fn, support_loss_fn
+from metarec.meta.recommender import LLMRecommender
+from metarec.models.lora import initial_fast_weights
 from metarec.models.user_model import UserModel, UserModelConfig
 
 
@@ -58,16 +54,6 @@ class TrainConfig:
     output_dir: Path = Path("runs/meta")
 
 
-def llm_scorer(model: UserModel, meta: MetaConfig, rates: MetaSGDRates | None, steps: int):
-    """A scoring function (histories → (B, N) numpy) that adapts ``steps`` steps per user."""
-
-    def score(histories: list[np.ndarray]) -> np.ndarray:
-        batch = collate(histories, [np.empty(0, dtype=np.int64)] * len(histories))
-        return adapted_scores(model, batch, meta, rates, inner_steps=steps).float().numpy()
-
-    return score
-
-
 class MetaTrainRecipe:
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -78,20 +64,16 @@ class MetaTrainRecipe:
         self.rng = np.random.default_rng(config.seed)
         dataset = load_dataset(config.data)
         self.n_items = dataset.n_items
+        self.item_text = dataset.item_text
         self.split = coldstart_split(
             dataset.sequences(), dataset.n_items, config.valid_support_size,
             config.query_size, config.split_seed,
         )  # fmt: skip
-        text_vectors = None
-        if config.model.text_encoder != "none":
-            vectors = cached_text_vectors(
-                dataset.item_text, config.model.text_encoder, config.data.cache_dir.expanduser()
-            )
-            text_vectors = torch.from_numpy(vectors)
         if config.meta.algorithm in ("maml", "metasgd"):
             config.model.backbone.attention = "eager"  # SDPA on CPU has no double backward
-        backbone = load_backbone(config.model.backbone)
-        self.model = UserModel(config.model, backbone, text_vectors, dataset.n_items)
+        self.model = UserModel.build(
+            config.model, dataset.item_text, config.data.cache_dir.expanduser()
+        )
         self.rates = None
         if config.meta.algorithm == "metasgd":
             self.rates = MetaSGDRates(self.model.lora_layers, config.meta.inner_lr)
@@ -124,8 +106,8 @@ class MetaTrainRecipe:
         self.model.eval()
         metrics = {}
         for label, steps in (("before", 0), ("after", self.config.meta.inner_steps)):
-            scorer = llm_scorer(self.model, self.config.meta, self.rates, steps)
-            per_user = evaluate_cases(scorer, cases, (10,), batch_size=32, name="meta-lora")
+            method = LLMRecommender(self.model, self.config.meta, self.rates, steps)
+            per_user = evaluate_cases(method.score, cases, (10,), name="meta-lora")
             metrics[f"valid_ndcg@10_{label}"] = float(per_user["ndcg@10"].mean())
         self.model.train()
         return metrics
@@ -159,28 +141,23 @@ class MetaTrainRecipe:
         return self.history
 
     def save_checkpoint(self) -> None:
-        """Write the run dir's checkpoint atomically: staged in a temp dir, then renamed."""
-        output = self.config.output_dir
-        output.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=output))
-        save_peft_adapter(
-            self.model.lora_layers, self.config.model.lora, staging / "adapter",
-            self.config.model.backbone.name,
-        )  # fmt: skip
-        rest = {
-            f"model.{n}": p.detach()
-            for n, p in self.model.named_parameters()
-            if p.requires_grad and "lora_" not in n
+        """The current state as ``<output_dir>/checkpoint`` (see `metarec.checkpoint`)."""
+        weights = {
+            f"model.{name}": parameter
+            for name, parameter in self.model.named_parameters()
+            if parameter.requires_grad and "lora_" not in name
         }
         if self.rates is not None:
-            rest.update({f"rates.{n}": p.detach() for n, p in self.rates.named_parameters()})
-        save_file({k: v.contiguous() for k, v in rest.items()}, str(staging / "model.safetensors"))
-        (staging / "config.json").write_text(json.dumps(asdict(self.config), indent=2, default=str))
-        (staging / "metrics.json").write_text(json.dumps(self.history, indent=2))
-        final = output / "checkpoint"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
+            weights.update({f"rates.{name}": p for name, p in self.rates.named_parameters()})
+        save_checkpoint(
+            self.config.output_dir / "checkpoint",
+            self.model.lora_layers,
+            self.config.model.lora,
+            self.config.model.backbone.name,
+            weights,
+            asdict(self.config),
+            self.history,
+        )
 
     def cleanup(self) -> None:
         self.writer.close()

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from metarec.baselines import build_baseline
+from metarec.baselines.base import Recommender
 from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import ProtocolConfig, Split, make_split
+from metarec.errors import ConfigError
 from metarec.eval.metrics import bootstrap_ci
 from metarec.eval.ranking import evaluate_cases
+from metarec.meta.algorithms import MetaConfig
+from metarec.meta.recommender import LLMRecommender
 
 
 @dataclass
@@ -33,6 +38,44 @@ class EvaluateConfig:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
+    checkpoint: Path | None = None
+    baseline_checkpoint: Path | None = None
+
+
+LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")
+
+
+def _check_llm_methods(config: EvaluateConfig) -> None:
+    """Fail before loading anything when an LLM method lacks its checkpoint."""
+    wanted = [name for name in config.methods if name in LLM_METHODS]
+    needs_meta = "meta-lora" in wanted or "llm-finetune" in wanted
+    if needs_meta and config.checkpoint is None:
+        raise ConfigError(f"{', '.join(wanted)} need --checkpoint (a meta-lora run)")
+    needs_baseline = "llm-noadapt" in wanted or "llm-finetune" in wanted
+    if needs_baseline and config.baseline_checkpoint is None:
+        raise ConfigError(
+            "llm-noadapt and llm-finetune need --baseline-checkpoint (a run trained with "
+            "meta.inner_steps=0)"
+        )
+
+
+def _llm_method(name: str, config: EvaluateConfig, dataset: Dataset) -> Recommender:
+    """meta-lora: the meta-learned init adapted; llm-noadapt: the normally trained model;
+    llm-finetune: that model fine-tuned with meta-lora's inner steps and learning rate."""
+    cache_dir = config.data.cache_dir.expanduser()
+    checkpoint = config.checkpoint / "checkpoint" if config.checkpoint else None
+    baseline = config.baseline_checkpoint / "checkpoint" if config.baseline_checkpoint else None
+    if name == "meta-lora":
+        return LLMRecommender.from_checkpoint(checkpoint, dataset.item_text, cache_dir)
+    if name == "llm-noadapt":
+        return LLMRecommender.from_checkpoint(baseline, dataset.item_text, cache_dir, 0)
+    meta_lora = LLMRecommender.from_checkpoint(checkpoint, dataset.item_text, cache_dir)
+    finetune = LLMRecommender.from_checkpoint(baseline, dataset.item_text, cache_dir)
+    finetune.meta = MetaConfig(
+        algorithm="fomaml", inner_steps=meta_lora.inner_steps, inner_lr=meta_lora.meta.inner_lr
+    )
+    finetune.inner_steps = meta_lora.inner_steps
+    return finetune
 
 
 @dataclass
@@ -60,8 +103,17 @@ def summarise(
 
 def evaluate(config: EvaluateConfig) -> Evaluation:
     """Run every method of ``config`` on its protocol split."""
-    methods = {name: build_baseline(name, config.hyperparameters) for name in config.methods}
+    _check_llm_methods(config)
+    classical = {
+        name: build_baseline(name, config.hyperparameters)
+        for name in config.methods
+        if name not in LLM_METHODS
+    }
     dataset = load_dataset(config.data)
+    methods = {
+        name: classical[name] if name in classical else _llm_method(name, config, dataset)
+        for name in config.methods
+    }
     split = make_split(dataset.sequences(), dataset.n_items, config.protocol, dataset.user_ids)
     ks = config.protocol.cutoffs()
     per_user: dict[str, dict[str, np.ndarray]] = {}

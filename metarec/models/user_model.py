@@ -11,12 +11,14 @@ back to ``item_dim``, scores every item by dot product.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from metarec.models.backbone import BackboneConfig
+from metarec.models.backbone import BackboneConfig, load_backbone
 from metarec.models.lora import BatchedLoRALinear, LoRAConfig, inject_lora
+from metarec.models.text_encoder import cached_text_vectors
 
 
 @dataclass
@@ -57,6 +59,16 @@ class UserModel(nn.Module):
         self.item_projection = nn.Linear(text_dim + config.id_dim, config.item_dim, dtype=dtype)
         self.input_projection = nn.Linear(config.item_dim, hidden, dtype=dtype)
         self.output_projection = nn.Linear(hidden, config.item_dim, dtype=dtype)
+
+    @classmethod
+    def build(cls, config: UserModelConfig, item_text: list[str], cache_dir: Path) -> UserModel:
+        """Load the backbone and item text vectors (cached) and assemble a fresh model."""
+        text_vectors = None
+        if config.text_encoder != "none":
+            text_vectors = torch.from_numpy(
+                cached_text_vectors(item_text, config.text_encoder, cache_dir)
+            )
+        return cls(config, load_backbone(config.backbone), text_vectors, len(item_text))
 
     def item_vectors(self) -> torch.Tensor:
         """(N, item_dim) vectors of every catalogue item."""

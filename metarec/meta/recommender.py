@@ -1,0 +1,79 @@
+"""The trained LLM user model as a method: adapt on each user's history, then score.
+
+``inner_steps`` decides which comparison method it is: 0 steps is ``llm-noadapt``; the
+meta-learned checkpoint with its inner steps is ``meta-lora``; a normally trained
+checkpoint fine-tuned with the same steps and learning rate is ``llm-finetune``.
+Training happens in ``metarec train``; ``fit`` only checks the checkpoint fits the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metarec.baselines.base import Recommender
+from metarec.checkpoint import load_adapter_into, read_checkpoint
+from metarec.config import from_mapping
+from metarec.data.episodes import collate
+from metarec.data.splits import UserCase
+from metarec.errors import MetarecError
+from metarec.meta.algorithms import MetaConfig, MetaSGDRates
+from metarec.meta.personalise import adapted_scores
+from metarec.models.user_model import UserModel, UserModelConfig
+
+
+class LLMRecommender(Recommender):
+    def __init__(
+        self,
+        model: UserModel,
+        meta: MetaConfig,
+        rates: MetaSGDRates | None = None,
+        inner_steps: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
+        self.model = model
+        self.meta = meta
+        self.rates = rates
+        self.inner_steps = meta.inner_steps if inner_steps is None else inner_steps
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoint(
+        cls, folder: Path, item_text: list[str], cache_dir: Path, inner_steps: int | None = None
+    ) -> LLMRecommender:
+        """Rebuild the model of a ``metarec train`` checkpoint for this catalogue."""
+        config, weights = read_checkpoint(folder)
+        model_config = from_mapping(UserModelConfig, config["model"], where=f"{folder}: model")
+        meta = from_mapping(MetaConfig, config["meta"], where=f"{folder}: meta")
+        model = UserModel.build(model_config, item_text, cache_dir)
+        load_adapter_into(model.lora_layers, folder)
+        own = {f"model.{name}": p for name, p in model.named_parameters()}
+        rates = (
+            MetaSGDRates(model.lora_layers, meta.inner_lr) if meta.algorithm == "metasgd" else None
+        )
+        if rates is not None:
+            own.update({f"rates.{name}": p for name, p in rates.named_parameters()})
+        for name, tensor in weights.items():
+            if name not in own or own[name].shape != tensor.shape:
+                raise MetarecError(
+                    f"{folder}: weight {name} {tuple(tensor.shape)} does not fit this model "
+                    "(was it trained on another catalogue?)"
+                )
+            own[name].data.copy_(tensor)
+        return cls(model.eval(), meta, rates, inner_steps)
+
+    def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
+        catalogue = self.model.id_embedding.num_embeddings
+        if catalogue != n_items:
+            raise MetarecError(f"checkpoint scores {catalogue} items, the data has {n_items}")
+
+    def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(histories), self.batch_size):
+            part = histories[start : start + self.batch_size]
+            batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part))
+            scores = adapted_scores(self.model, batch, self.meta, self.rates, self.inner_steps)
+            chunks.append(scores.to(torch.float32).numpy())
+        return np.concatenate(chunks)
