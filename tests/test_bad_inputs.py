@@ -60,6 +60,11 @@ CASES = {
         custom("one_interaction.csv") + ["--baselines-config", str(BAD / "baselines_typo.yaml")],
         ["itemknn: unknown key 'neighbors'", "did you mean 'neighbours'"],
     ),
+    "config_unknown_section": (
+        custom("one_interaction.csv")
+        + ["--baselines-config", str(BAD / "baselines_unknown_section.yaml")],
+        ["unknown section 'itemknnn'", "did you mean 'itemknn'"],
+    ),
     "config_bad_yaml": (
         custom("one_interaction.csv")
         + ["--baselines-config", str(BAD / "baselines_bad_yaml.yaml")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from metarec.baselines.base import Recommender
@@ -23,7 +24,16 @@ BASELINES: dict[str, tuple[type[Recommender], type]] = {
 
 
 def build_baseline(name: str, hyperparameters: dict[str, Any]) -> Recommender:
-    """A fresh baseline ``name`` configured from its section of the baselines YAML."""
+    """A fresh baseline ``name`` configured from its section of the baselines YAML.
+
+    A section naming no baseline is an error too (a typo there would silently fall
+    back to nothing).
+    """
+    for section in hyperparameters:
+        if section not in BASELINES:
+            close = difflib.get_close_matches(section, list(BASELINES), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"baselines config: unknown section '{section}'{hint}")
     if name not in BASELINES:
         raise ConfigError(f"unknown method '{name}'; known: {', '.join(BASELINES)}")
     model_class, config_class = BASELINES[name]
