@@ -1,1 +1,1 @@
-"""Training recipes, one readable module per mode (meta-training lands with the LLM core)."""
+"""Training recipes, one readable module per mode."""
