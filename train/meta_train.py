@@ -72,7 +72,10 @@ class MetaTrainRecipe:
         if config.meta.algorithm in ("maml", "metasgd"):
             config.model.backbone.attention = "eager"  # SDPA on CPU has no double backward
         self.model = UserModel.build(
-            config.model, dataset.item_text, config.data.cache_dir.expanduser()
+            config.model,
+            dataset.item_text,
+            config.data.cache_dir.expanduser(),
+            self.split.train_sequences,
         )
         self.rates = None
         if config.meta.algorithm == "metasgd":

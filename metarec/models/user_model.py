@@ -2,7 +2,7 @@
 
 Items live in a shared ``item_dim`` space: the projection of their text vector
 concatenated with a learned collaborative id embedding (text alone is weak on MovieLens;
-ids alone cannot place a new item, whose id embedding stays at its zero start). A user's
+ids alone cannot place a new item, whose id embedding stays at zero). A user's
 history, as item vectors projected to the backbone's hidden size, runs through the
 backbone (``inputs_embeds``, LoRA fast weights inside); the state at a position, projected
 back to ``item_dim``, scores every item by dot product.
@@ -13,10 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
+from metarec.errors import MetarecError
 from metarec.models.backbone import BackboneConfig, load_backbone
+from metarec.models.item_init import svd_item_embeddings
 from metarec.models.lora import BatchedLoRALinear, LoRAConfig, inject_lora
 from metarec.models.text_encoder import cached_text_vectors
 
@@ -29,6 +32,9 @@ class UserModelConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     text_encoder: str = "all-minilm-l6-v2"
     id_dim: int = 64
+    # "svd": start id embeddings at the meta-train users' collaborative structure
+    # (`metarec.models.item_init`); "zeros": learn them from nothing.
+    id_init: str = "svd"
     item_dim: int = 128
     max_len: int = 50
 
@@ -61,14 +67,29 @@ class UserModel(nn.Module):
         self.output_projection = nn.Linear(hidden, config.item_dim, dtype=dtype)
 
     @classmethod
-    def build(cls, config: UserModelConfig, item_text: list[str], cache_dir: Path) -> UserModel:
-        """Load the backbone and item text vectors (cached) and assemble a fresh model."""
+    def build(
+        cls,
+        config: UserModelConfig,
+        item_text: list[str],
+        cache_dir: Path,
+        train_sequences: list[np.ndarray] | None = None,
+    ) -> UserModel:
+        """Load the backbone and item text vectors (cached) and assemble a fresh model.
+
+        ``train_sequences`` seed the id embeddings when ``config.id_init`` is ``svd``.
+        """
+        if config.id_init not in ("svd", "zeros"):
+            raise MetarecError(f"model.id_init {config.id_init!r}: expected 'svd' or 'zeros'")
         text_vectors = None
         if config.text_encoder != "none":
             text_vectors = torch.from_numpy(
                 cached_text_vectors(item_text, config.text_encoder, cache_dir)
             )
-        return cls(config, load_backbone(config.backbone), text_vectors, len(item_text))
+        model = cls(config, load_backbone(config.backbone), text_vectors, len(item_text))
+        if config.id_init == "svd" and train_sequences is not None:
+            start = svd_item_embeddings(train_sequences, len(item_text), config.id_dim)
+            model.id_embedding.weight.data.copy_(torch.from_numpy(start))
+        return model
 
     def item_vectors(self) -> torch.Tensor:
         """(N, item_dim) vectors of every catalogue item."""
