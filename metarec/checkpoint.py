@@ -8,16 +8,13 @@ Layout of ``<run>/checkpoint/``::
     config.json                        the resolved training config
     metrics.json                       per-epoch metrics
 
-The folder is written under a temporary name and renamed into place, so a crash during
-a save leaves the previous checkpoint whole.
+The folder is written with `metarec.atomic.atomic_dir`, so a crash during a save leaves
+the previous checkpoint whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from metarec.atomic import atomic_dir, recover
 from metarec.errors import MetarecError
 from metarec.models.lora import BatchedLoRALinear, LoRAConfig, load_peft_adapter, save_peft_adapter
 
@@ -42,28 +40,17 @@ def save_checkpoint(
     metrics: list[dict],
 ) -> None:
     """Write a checkpoint to ``folder`` atomically (replacing an older one)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as staging:
         save_peft_adapter(lora_layers, lora_config, staging / "adapter", base_model)
         tensors = {name: tensor.detach().contiguous() for name, tensor in weights.items()}
         save_file(tensors, str(staging / "weights.safetensors"))
         (staging / "config.json").write_text(json.dumps(config, indent=2, default=str))
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if folder.exists():
-            retired = folder.with_name(f".{folder.name}.old")
-            shutil.rmtree(retired, ignore_errors=True)
-            os.replace(folder, retired)
-            os.replace(staging, folder)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The config mapping and the non-adapter weights of a checkpoint, validated."""
+    recover(folder)
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
     if missing:
         raise MetarecError(f"{folder}: not a metarec checkpoint (missing {', '.join(missing)})")
@@ -79,5 +66,5 @@ def load_adapter_into(lora_layers: dict[str, BatchedLoRALinear], folder: Path) -
     """Load the checkpoint's peft adapter into the model's LoRA layers."""
     try:
         load_peft_adapter(lora_layers, folder / "adapter")
-    except (SafetensorError, OSError) as err:
+    except (SafetensorError, OSError, RuntimeError) as err:  # RuntimeError: shape mismatch
         raise MetarecError(f"{folder / 'adapter'}: adapter is corrupt ({err})") from None

@@ -130,3 +130,34 @@ def test_download_checks_sha256_and_never_leaves_a_bad_file(tmp_path):
     with pytest.raises(DataError, match="SHA-256"):
         download_verified(source.as_uri(), "0" * 64, target)
     assert list(target.parent.iterdir()) == []
+
+
+def test_csv_quoted_newlines_bom_and_trailing_blank_lines(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_bytes(
+        '\ufeffitem_id,title\n1,"Heat,\nthe director\'s cut"\n2,Alien\n\n'.encode("utf-8")
+    )
+    raw = load_custom(_interactions(tmp_path, [1, 2]), path)
+    assert raw.items["text"].tolist() == ["Heat,\nthe director's cut", "Alien"]
+    assert raw.items["line"].tolist() == [2, 4]  # a row is numbered by the line it starts on
+    path.write_text("item_id,title\n1,Heat\n2,Ali\ren\n")  # a stray carriage return
+    with pytest.raises(DataError, match=r"items.csv:4: expected 2 fields"):
+        load_custom(_interactions(tmp_path, [1, 2]), path)
+
+
+def _interactions(folder, items):
+    path = folder / "interactions.csv"
+    rows = "\n".join(f"1,{item},{10 + item}" for item in items)
+    path.write_text(f"user_id,item_id,timestamp\n{rows}\n")
+    return path
+
+
+def test_zip_with_files_at_its_root(tmp_path):
+    write_ml1m(tmp_path / "ml-1m")
+    with zipfile.ZipFile(tmp_path / "flat.zip", "w") as bundle:
+        for name in ("ratings.dat", "movies.dat"):
+            bundle.write(tmp_path / "ml-1m" / name, name)
+    dataset = load_dataset(
+        DataConfig("ml-1m", data_dir=tmp_path / "flat.zip", cache_dir=tmp_path / "c")
+    )
+    assert dataset.n_items == 3 and len(dataset.interactions) == 5

@@ -8,15 +8,13 @@ raw ids travel with the dataset and are saved beside it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from metarec.atomic import atomic_dir
 from metarec.errors import DataError
 
 
@@ -69,9 +67,7 @@ class Dataset:
 
     def save(self, folder: Path) -> None:
         """Write the dataset to ``folder`` atomically (a crash never leaves half of it)."""
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        try:
+        with atomic_dir(folder) as staging:
             self.interactions.to_parquet(staging / "interactions.parquet", index=False)
             pd.DataFrame({"user_id": self.user_ids}).to_parquet(staging / "users.parquet")
             pd.DataFrame({"item_id": self.item_ids, "text": self.item_text}).to_parquet(
@@ -79,12 +75,6 @@ class Dataset:
             )
             meta = {"name": self.name, "report": self.report}
             (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(staging, folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
 
     @classmethod
     def load(cls, folder: Path) -> Dataset:

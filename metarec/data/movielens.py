@@ -7,15 +7,14 @@ SHA-256. MovieLens text files are ISO-8859-1, not UTF-8 (accented titles).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
+from metarec.atomic import atomic_dir
 from metarec.data.download import download_verified, sha256_of
 from metarec.data.raw import RawData
 from metarec.data.tables import Column, read_separated
@@ -70,24 +69,30 @@ RATING_COLUMNS = [
 
 
 def _extract(archive: Path, release: Release, cache_dir: Path) -> Path:
-    """Extract a release zip into the cache (once, atomically) and return its folder."""
+    """Extract a release zip into the cache (once, atomically) and return its folder.
+
+    The folder holding the ratings file inside the zip (``ml-100k/`` or the zip's root)
+    becomes the cache folder.
+    """
     target = cache_dir / f"{release.name}-{sha256_of(archive)[:12]}"
     if (target / release.ratings_file).exists():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{release.name}-", dir=cache_dir))
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            bundle.extractall(staging)
-    except zipfile.BadZipFile:
-        shutil.rmtree(staging)
-        raise DataError(archive, "not a valid zip file") from None
-    found = sorted(staging.rglob(release.ratings_file))
-    if not found:
-        shutil.rmtree(staging)
-        raise DataError(archive, f"zip has no {release.ratings_file}")
-    os.replace(found[0].parent, target)
-    shutil.rmtree(staging)
+    with atomic_dir(target) as staging:
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                names = bundle.namelist()
+                ratings = [n for n in names if PurePosixPath(n).name == release.ratings_file]
+                if not ratings:
+                    raise DataError(archive, f"zip has no {release.ratings_file}")
+                prefix = PurePosixPath(ratings[0]).parent
+                for name in names:
+                    member = PurePosixPath(name)
+                    if name.endswith("/") or member.parent != prefix:
+                        continue
+                    (staging / member.name).write_bytes(bundle.read(name))
+        except (zipfile.BadZipFile, RuntimeError, NotImplementedError, EOFError, zlib.error,
+                OSError) as err:  # fmt: skip
+            raise DataError(archive, f"not a valid zip file ({err})") from None
     return target
 
 

@@ -9,6 +9,7 @@ for Parquet) so later checks can point back into the file too.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,18 +103,45 @@ def read_separated(
     return rows_to_frame(path, rows(), columns)
 
 
-def read_csv_with_header(path: Path, columns: Sequence[Column], encoding: str = "utf-8"):
+def _decode(path: Path, encoding: str) -> str:
+    """The whole file as text; undecodable bytes raise a DataError naming their line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        bad = raw[err.start : err.start + 1].hex()
+        raise DataError(
+            path, f"byte 0x{bad} at column {column} is not valid {encoding} text", line=line
+        ) from None
+
+
+def read_csv_with_header(path: Path, columns: Sequence[Column], encoding: str = "utf-8-sig"):
     """Read a CSV whose first line names the columns; extra columns are kept as text.
 
-    The header must contain every required column, no name twice, and must not appear
-    again further down (a sign of concatenated files).
+    Quoted fields may hold commas and newlines (rows are numbered by the line they start
+    on). The header must contain every required column, no name twice, and must not
+    appear again further down (a sign of concatenated files). A UTF-8 byte-order mark,
+    as spreadsheet programs write, is ignored.
     """
-    lines = read_lines(path, encoding)
-    first = next(lines, None)
-    if first is None or first[1].strip() == "":
-        required = ", ".join(column.name for column in columns if column.required)
+    required = ", ".join(column.name for column in columns if column.required)
+    text = _decode(path, encoding)
+    reader = csv.reader(io.StringIO(text, newline=""))
+
+    def next_row() -> tuple[int, list[str]] | None:
+        start = reader.line_num + 1
+        try:
+            return start, next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as err:
+            raise DataError(path, f"malformed CSV ({err})", line=start) from None
+
+    first = next_row()
+    if first is None or not [name for name in first[1] if name.strip()]:
         raise DataError(path, f"file is empty: expected a header line naming {required}", line=1)
-    header = [name.strip() for name in next(csv.reader([first[1]]))]
+    header = [name.strip() for name in first[1]]
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:
         raise DataError(path, f"header names {', '.join(duplicated)} more than once", line=1)
@@ -126,10 +154,14 @@ def read_csv_with_header(path: Path, columns: Sequence[Column], encoding: str = 
     present = [by_name.get(name, Column(name, "str")) for name in header]
 
     def rows() -> Iterator[tuple[int, list[str]]]:
-        for number, text in lines:
-            if text.strip() == "":
-                raise DataError(path, "empty line: expected a data row", line=number)
-            fields = next(csv.reader([text]))
+        blank_line = None  # blank lines are fine at the end of the file only
+        while (row := next_row()) is not None:
+            number, fields = row
+            if not fields:
+                blank_line = blank_line or number
+                continue
+            if blank_line is not None:
+                raise DataError(path, "empty line: expected a data row", line=blank_line)
             if [field.strip() for field in fields] == header:
                 raise DataError(path, "the header line appears again (concatenated files?)", number)
             yield number, fields

@@ -1,21 +1,19 @@
 """Render evaluation results for people (Markdown) and machines (JSON, Parquet).
 
-Files are written to a temporary name and renamed, so an interrupted run never leaves
+Files are written with `metarec.atomic.atomic_file`, so an interrupted run never leaves
 a half-written results file in place of a previous good one.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from metarec.errors import MetarecError
+from metarec.atomic import atomic_file
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -39,24 +37,9 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return f"{described}; {summary['n_test_users']} test users\n\n" + "\n".join(lines)
 
 
-def write_atomic(path: Path, write: Any) -> None:
-    """Call ``write(temp_path)`` then rename the result onto ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(handle)
-    except OSError as err:
-        raise MetarecError(f"{path}: cannot write output ({err.strerror})") from None
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def write_json(path: Path, summary: dict[str, Any]) -> None:
-    write_atomic(path, lambda target: target.write_text(json.dumps(summary, indent=2) + "\n"))
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def write_per_user(
@@ -68,4 +51,5 @@ def write_per_user(
         for method, metrics in per_user.items()
     ]
     table = pd.concat(frames, ignore_index=True)
-    write_atomic(path, lambda target: table.to_parquet(target, index=False))
+    with atomic_file(path) as temporary:
+        table.to_parquet(temporary, index=False)

