@@ -46,6 +46,14 @@ CASES = {
         custom("non_numeric_timestamp.csv"),
         ["non_numeric_timestamp.csv:3:", "field 'timestamp'", "'yesterday'"],
     ),
+    "infinite_id_in_parquet": (
+        custom("infinite_item_id.parquet"),
+        ["infinite_item_id.parquet:2:", "field 'item_id'", "got inf"],
+    ),
+    "datetime_timestamp_in_parquet": (
+        custom("datetime_timestamp.parquet"),
+        ["datetime_timestamp.parquet:", "field 'timestamp'", "datetime64"],
+    ),
     "empty_line": (custom("empty_line.csv"), ["empty_line.csv:3:", "empty line"]),
     "one_interaction": (
         custom("one_interaction.csv") + ["--protocol", "loo"],

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from metarec.errors import DataError
@@ -169,6 +170,11 @@ def read_csv_with_header(path: Path, columns: Sequence[Column], encoding: str = 
     return rows_to_frame(path, rows(), present)
 
 
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds, so messages read ``inf``, not np.float64."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def read_parquet_table(path: Path, columns: Sequence[Column]) -> pd.DataFrame:
     """Read a Parquet table, checking required columns and value kinds row by row."""
     try:
@@ -184,15 +190,28 @@ def read_parquet_table(path: Path, columns: Sequence[Column]) -> pd.DataFrame:
     for column in columns:
         if column.name not in frame.columns or column.kind == "str":
             continue
-        converted = pd.to_numeric(frame[column.name], errors="coerce")
-        bad = converted.isna() | (
-            (converted != converted.round()) if column.kind == "int" else False
-        )
-        if bad.any():
-            row = int(bad.to_numpy().nonzero()[0][0])
+        if not pd.api.types.is_numeric_dtype(frame[column.name]) and not (
+            pd.api.types.is_object_dtype(frame[column.name])
+            or pd.api.types.is_string_dtype(frame[column.name])
+        ):
+            dtype = frame[column.name].dtype
             raise DataError(
                 path,
-                f"expected {_EXPECTED[column.kind]}, got {frame[column.name].iloc[row]!r}",
+                f"expected {column.kind} values, column has type {dtype} "
+                "(store timestamps as integer seconds)",
+                field=column.name,
+            )
+        converted = pd.to_numeric(frame[column.name], errors="coerce")
+        bad = ~np.isfinite(converted.to_numpy(dtype=np.float64, na_value=np.nan))
+        if column.kind == "int":
+            bad |= (converted != converted.round()).to_numpy() | (
+                converted.abs() >= 2**53
+            ).to_numpy()
+        if bad.any():
+            row = int(bad.nonzero()[0][0])
+            raise DataError(
+                path,
+                f"expected {_EXPECTED[column.kind]}, got {_plain(frame[column.name].iloc[row])!r}",
                 line=row + 1,
                 field=column.name,
             )
