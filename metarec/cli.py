@@ -129,7 +129,9 @@ def _apply_override(config: dict, assignment: str) -> None:
     *parents, leaf = key.strip().split(".")
     node = config
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise MetarecError(f"--set {assignment!r}: {part} is not a section")
     node[leaf] = yaml.safe_load(value)
@@ -145,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raw["split_seed"] = args.split_seed
     if args.output_dir is not None:
         raw["output_dir"] = str(args.output_dir)
-    data = raw.setdefault("data", {})
+    data = raw["data"] = raw.get("data") or {}
     env_data_dir = os.environ.get("METAREC_DATA_DIR")
     if "data_dir" not in data and env_data_dir:
         data["data_dir"] = env_data_dir

@@ -78,6 +78,8 @@ CASES = {
         + ["--baselines-config", str(BAD / "baselines_bad_yaml.yaml")],
         ["baselines_bad_yaml.yaml:", "not valid YAML"],
     ),
+    "cutoff_zero": (custom("one_interaction.csv") + ["--k", "0"], ["cutoffs [0]"]),
+    "no_methods": (custom("one_interaction.csv") + ["--methods", ","], ["no method"]),
     "unknown_method": (
         custom("one_interaction.csv") + ["--methods", "pop,itemnn"],
         ["unknown method 'itemnn'"],
@@ -132,3 +134,19 @@ def test_failed_run_leaves_earlier_results_intact(tmp_path):
     )
     assert status == 2
     assert output.read_text() == '{"earlier": true}'
+
+
+TRAIN_CASES = {
+    "train_typo.yaml": ["meta: unknown key 'algoritm'", "did you mean 'algorithm'"],
+    "train_unknown_algorithm.yaml": ["meta.algorithm 'mamll'"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAIN_CASES))
+def test_bad_train_config_gives_one_line_error(name, tmp_path, capsys):
+    status = main(["train", "--config", str(BAD / name), "--output-dir", str(tmp_path / "run"),
+                   "--set", f"data.data_dir={BAD / 'no_such_dir'}"])  # fmt: skip
+    error = capsys.readouterr().err.strip()
+    assert status == 2 and error.startswith("metarec: error: ") and "\n" not in error, error
+    for fragment in TRAIN_CASES[name]:
+        assert fragment in error, error

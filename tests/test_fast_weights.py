@@ -6,6 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from metarec.errors import MetarecError
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
 from metarec.meta.inner_loop import adapt
 from metarec.models.backbone import BackboneConfig, load_backbone
@@ -170,3 +171,9 @@ def test_metasgd_learning_rates_receive_gradients(float64_setup):
     # with equal rates everywhere, Meta-SGD's objective is MAML's
     maml_objective, _ = meta_gradient(layers, support_loss, query_loss, "maml")
     assert objective.item() == pytest.approx(maml_objective.item(), rel=1e-12)
+
+
+def test_unmatched_target_modules_name_the_expected_ones():
+    backbone = load_backbone(BackboneConfig(name="tiny-llama"))
+    with pytest.raises(MetarecError, match=r"target_modules \['query'\].*q_proj"):
+        inject_lora(backbone, LoRAConfig(target_modules=["query"]))

@@ -12,12 +12,17 @@ import numpy as np
 
 from metarec.baselines.base import Recommender, interaction_matrix
 from metarec.data.splits import UserCase
+from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
 
 
 @dataclass
 class EASEConfig:
     lambdas: list[float]
+
+    def __post_init__(self) -> None:
+        if not self.lambdas or min(self.lambdas) <= 0:
+            raise ConfigError(f"ease.lambdas {self.lambdas}: need at least one, each positive")
 
 
 def ease_weights(gram: np.ndarray, ridge: float) -> np.ndarray:

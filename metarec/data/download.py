@@ -7,6 +7,7 @@ final name, so a later run cannot mistake half a zip for the dataset.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.request
@@ -52,7 +53,7 @@ def download_verified(url: str, sha256: str, destination: Path, timeout_s: float
                 url, f"downloaded file has SHA-256 {actual}, expected {sha256} (corrupt or changed)"
             )
         os.replace(partial, destination)
-    except OSError as err:
+    except (OSError, http.client.HTTPException) as err:
         raise MetarecError(
             f"could not download {url} ({err}); without internet, pass --data-dir with a local "
             "copy or set METAREC_DATA_DIR"

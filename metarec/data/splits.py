@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from metarec.errors import MetarecError
+from metarec.errors import ConfigError, MetarecError
 
 PROTOCOLS = ("coldstart", "loo", "sampled")
 DEFAULT_KS = {"coldstart": [10, 20], "loo": [10, 20], "sampled": [1, 5, 10]}
@@ -172,6 +172,17 @@ class ProtocolConfig:
     num_negatives: int = 19
     sample_seed: int = 0
     ks: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise ConfigError(f"protocol {self.name!r}: expected one of {', '.join(PROTOCOLS)}")
+        sizes = {"support_size": self.support_size, "query_size": self.query_size,
+                 "num_negatives": self.num_negatives}  # fmt: skip
+        for field_name, value in sizes.items():
+            if value < 1:
+                raise ConfigError(f"protocol {field_name}={value}: must be at least 1")
+        if self.ks is not None and (not self.ks or min(self.ks) < 1):
+            raise ConfigError(f"cutoffs {self.ks}: need at least one, each at least 1")
 
     def cutoffs(self) -> tuple[int, ...]:
         return tuple(self.ks if self.ks is not None else DEFAULT_KS[self.name])

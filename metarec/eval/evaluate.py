@@ -50,7 +50,7 @@ def _check_llm_methods(config: EvaluateConfig) -> None:
     wanted = [name for name in config.methods if name in LLM_METHODS]
     needs_meta = "meta-lora" in wanted or "llm-finetune" in wanted
     if needs_meta and config.checkpoint is None:
-        raise ConfigError(f"{', '.join(wanted)} need --checkpoint (a meta-lora run)")
+        raise ConfigError("meta-lora and llm-finetune need --checkpoint (a meta-lora run dir)")
     needs_baseline = "llm-noadapt" in wanted or "llm-finetune" in wanted
     if needs_baseline and config.baseline_checkpoint is None:
         raise ConfigError(
@@ -103,6 +103,10 @@ def summarise(
 
 def evaluate(config: EvaluateConfig) -> Evaluation:
     """Run every method of ``config`` on its protocol split."""
+    if not config.methods:
+        raise ConfigError("no method to evaluate: pass --methods, e.g. pop,itemknn")
+    if config.bootstrap_resamples < 1:
+        raise ConfigError(f"bootstrap_resamples={config.bootstrap_resamples}: must be at least 1")
     _check_llm_methods(config)
     classical = {
         name: build_baseline(name, config.hyperparameters)

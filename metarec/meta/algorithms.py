@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from metarec.errors import ConfigError
 from metarec.meta.inner_loop import LossFn, adapt
 from metarec.models.lora import BatchedLoRALinear, FastWeights
 
@@ -36,6 +37,12 @@ class MetaConfig:
     inner_steps: int = 5
     inner_lr: float = 0.01
     proximal_strength: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"meta.algorithm {self.algorithm!r}: expected one of {ALGORITHMS}")
+        if self.inner_steps < 0 or self.inner_lr <= 0:
+            raise ConfigError("meta.inner_steps must be >= 0 and meta.inner_lr > 0")
 
 
 class MetaSGDRates(nn.Module):
@@ -73,8 +80,6 @@ def meta_objective(
     rates: MetaSGDRates | None = None,
 ) -> tuple[torch.Tensor, FastWeights]:
     """The scalar to backpropagate for one batch of users, and their adapted weights."""
-    if config.algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {config.algorithm!r}; expected one of {ALGORITHMS}")
     if config.algorithm == "metasgd" and rates is None:
         raise ValueError("metasgd needs MetaSGDRates")
     second_order = config.algorithm in ("maml", "metasgd")

@@ -99,7 +99,10 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> dict[str, BatchedLoRALi
         and (config.layers is None or _layer_index(name) in config.layers)
     ]
     if not targets:
-        raise ValueError(f"no linear layer matches target_modules={config.target_modules}")
+        raise MetarecError(
+            f"lora.target_modules {config.target_modules}: no linear layer of the backbone "
+            "matches (Llama-style names are q_proj, k_proj, v_proj, o_proj, gate_proj, ...)"
+        )
     wrapped = {}
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
