@@ -115,10 +115,15 @@ def test_evaluate_llm_methods_from_checkpoints(data_config, tmp_path):
     live = LLMRecommender(meta_run.model, meta_run.config.meta)
     histories = [case.history for case in meta_run.split.valid[:6]]
     np.testing.assert_allclose(loaded.score(histories), live.score(histories), atol=1e-5)
+    # a checkpoint is never scored on another split, where its training users are tested
+    assert main(["evaluate", "--dataset", "custom", "--interactions", str(data_config.interactions),
+                 "--items", str(data_config.items), "--cache-dir", str(data_config.cache_dir),
+                 "--split-seed", "1", "--methods", "meta-lora",
+                 "--checkpoint", str(tmp_path / "meta")]) == 2  # fmt: skip
     # fine-tuning really adapts: its scores differ from the unadapted model's
     assert methods["llm-finetune"]["ndcg@10"] != methods["llm-noadapt"]["ndcg@10"]
 
 
 def test_missing_checkpoint_is_a_clear_error(capsys):
     assert main(["evaluate", "--methods", "meta-lora"]) == 2
-    assert "meta-lora need --checkpoint" in capsys.readouterr().err
+    assert "meta-lora and llm-finetune need --checkpoint" in capsys.readouterr().err

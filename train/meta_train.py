@@ -28,10 +28,11 @@ from metarec.checkpoint import save_checkpoint
 from metarec.data.episodes import collate, sample_episodes
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import UserCase, coldstart_split
+from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
 from metarec.meta.personalise import query_loss_fn, support_loss_fn
-from metarec.meta.recommender import LLMRecommender
+from metarec.meta.recommender import LLMRecommender, trained_weights
 from metarec.models.lora import initial_fast_weights
 from metarec.models.user_model import UserModel, UserModelConfig
 
@@ -52,6 +53,13 @@ class TrainConfig:
     outer_lr: float = 1e-3
     seed: int = 0
     output_dir: Path = Path("runs/meta")
+
+    def __post_init__(self) -> None:
+        if not self.support_sizes or min(self.support_sizes) < 2:
+            raise ConfigError(
+                f"support_sizes {self.support_sizes}: each must be at least 2 (the support "
+                "loss predicts the next support item)"
+            )
 
 
 class MetaTrainRecipe:
@@ -113,6 +121,7 @@ class MetaTrainRecipe:
             per_user = evaluate_cases(method.score, cases, (10,), name="meta-lora")
             metrics[f"valid_ndcg@10_{label}"] = float(per_user["ndcg@10"].mean())
         self.model.train()
+        self.model.backbone.eval()  # frozen: its dropout (if any) stays off
         return metrics
 
     def train(self) -> list[dict]:
@@ -145,13 +154,7 @@ class MetaTrainRecipe:
 
     def save_checkpoint(self) -> None:
         """The current state as ``<output_dir>/checkpoint`` (see `metarec.checkpoint`)."""
-        weights = {
-            f"model.{name}": parameter
-            for name, parameter in self.model.named_parameters()
-            if parameter.requires_grad and "lora_" not in name
-        }
-        if self.rates is not None:
-            weights.update({f"rates.{name}": p for name, p in self.rates.named_parameters()})
+        weights = trained_weights(self.model, self.rates)
         save_checkpoint(
             self.config.output_dir / "checkpoint",
             self.model.lora_layers,

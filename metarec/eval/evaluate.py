@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from metarec.baselines import build_baseline
 from metarec.baselines.base import Recommender
+from metarec.checkpoint import read_checkpoint
+from metarec.config import from_mapping
 from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import ProtocolConfig, Split, make_split
@@ -59,23 +61,47 @@ def _check_llm_methods(config: EvaluateConfig) -> None:
         )
 
 
+def _check_same_split(method: LLMRecommender, run: Path, config: EvaluateConfig) -> None:
+    """Refuse to score users the model may have trained on."""
+    trained = method.trained_on
+    data = trained.get("data", {})
+    if config.protocol.name != "coldstart":
+        raise ConfigError(
+            f"{run}: LLM methods are trained on coldstart meta-train users and "
+            f"can only be evaluated on coldstart, not {config.protocol.name}"
+        )
+    same = (
+        trained.get("split_seed") == config.protocol.split_seed
+        and data.get("dataset") == config.data.dataset
+        and data.get("min_rating") == config.data.min_rating
+        and data.get("k_core") == config.data.k_core
+        and data.get("interactions") == (config.data.interactions and str(config.data.interactions))
+    )
+    if not same:
+        raise ConfigError(
+            f"{run}: trained on dataset {data.get('dataset')} with split seed "
+            f"{trained.get('split_seed')}; evaluating on another split would score its "
+            "training users"
+        )
+
+
 def _llm_method(name: str, config: EvaluateConfig, dataset: Dataset) -> Recommender:
     """meta-lora: the meta-learned init adapted; llm-noadapt: the normally trained model;
-    llm-finetune: that model fine-tuned with meta-lora's inner steps and learning rate."""
+    llm-finetune: that model fine-tuned with meta-lora's inner steps and (initial) inner lr."""
     cache_dir = config.data.cache_dir.expanduser()
-    checkpoint = config.checkpoint / "checkpoint" if config.checkpoint else None
-    baseline = config.baseline_checkpoint / "checkpoint" if config.baseline_checkpoint else None
-    if name == "meta-lora":
-        return LLMRecommender.from_checkpoint(checkpoint, dataset.item_text, cache_dir)
+    run = config.checkpoint if name == "meta-lora" else config.baseline_checkpoint
+    method = LLMRecommender.from_checkpoint(run / "checkpoint", dataset.item_text, cache_dir)
+    _check_same_split(method, run, config)
     if name == "llm-noadapt":
-        return LLMRecommender.from_checkpoint(baseline, dataset.item_text, cache_dir, 0)
-    meta_lora = LLMRecommender.from_checkpoint(checkpoint, dataset.item_text, cache_dir)
-    finetune = LLMRecommender.from_checkpoint(baseline, dataset.item_text, cache_dir)
-    finetune.meta = MetaConfig(
-        algorithm="fomaml", inner_steps=meta_lora.inner_steps, inner_lr=meta_lora.meta.inner_lr
-    )
-    finetune.inner_steps = meta_lora.inner_steps
-    return finetune
+        method.inner_steps = 0
+    if name == "llm-finetune":
+        meta_lora_config, _ = read_checkpoint(config.checkpoint / "checkpoint")
+        meta_lora = from_mapping(MetaConfig, meta_lora_config["meta"], where="meta-lora meta")
+        method.meta = MetaConfig(
+            algorithm="fomaml", inner_steps=meta_lora.inner_steps, inner_lr=meta_lora.inner_lr
+        )
+        method.inner_steps = meta_lora.inner_steps
+    return method
 
 
 @dataclass

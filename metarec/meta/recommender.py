@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from metarec.baselines.base import Recommender
 from metarec.checkpoint import load_adapter_into, read_checkpoint
@@ -22,6 +23,16 @@ from metarec.errors import MetarecError
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates
 from metarec.meta.personalise import adapted_scores
 from metarec.models.user_model import UserModel, UserModelConfig
+
+
+def trained_weights(model: UserModel, rates: MetaSGDRates | None) -> dict[str, nn.Parameter]:
+    """What a checkpoint stores besides the adapter: the item side, projections and rates."""
+    weights = {f"model.{name}": p for name, p in model.named_parameters() if p.requires_grad}
+    for name in model.lora_parameter_names():
+        del weights[f"model.{name}"]
+    if rates is not None:
+        weights.update({f"rates.{name}": p for name, p in rates.named_parameters()})
+    return weights
 
 
 class LLMRecommender(Recommender):
@@ -38,6 +49,7 @@ class LLMRecommender(Recommender):
         self.rates = rates
         self.inner_steps = meta.inner_steps if inner_steps is None else inner_steps
         self.batch_size = batch_size
+        self.trained_on: dict = {}  # the training config, when loaded from a checkpoint
 
     @classmethod
     def from_checkpoint(
@@ -49,20 +61,23 @@ class LLMRecommender(Recommender):
         meta = from_mapping(MetaConfig, config["meta"], where=f"{folder}: meta")
         model = UserModel.build(model_config, item_text, cache_dir)
         load_adapter_into(model.lora_layers, folder)
-        own = {f"model.{name}": p for name, p in model.named_parameters()}
         rates = (
             MetaSGDRates(model.lora_layers, meta.inner_lr) if meta.algorithm == "metasgd" else None
         )
-        if rates is not None:
-            own.update({f"rates.{name}": p for name, p in rates.named_parameters()})
+        own = trained_weights(model, rates)
+        if set(own) != set(weights):
+            difference = sorted(set(own) ^ set(weights))[:3]
+            raise MetarecError(f"{folder}: weights do not match the model (e.g. {difference})")
         for name, tensor in weights.items():
-            if name not in own or own[name].shape != tensor.shape:
+            if own[name].shape != tensor.shape:
                 raise MetarecError(
                     f"{folder}: weight {name} {tuple(tensor.shape)} does not fit this model "
-                    "(was it trained on another catalogue?)"
+                    f"{tuple(own[name].shape)} (was it trained on another catalogue?)"
                 )
             own[name].data.copy_(tensor)
-        return cls(model.eval(), meta, rates, inner_steps)
+        method = cls(model.eval(), meta, rates, inner_steps)
+        method.trained_on = config
+        return method
 
     def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
         catalogue = self.model.id_embedding.num_embeddings
@@ -70,9 +85,11 @@ class LLMRecommender(Recommender):
             raise MetarecError(f"checkpoint scores {catalogue} items, the data has {n_items}")
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
+        """Adapt on, then score from, each history's most recent ``max_len`` items."""
+        max_len = self.model.config.max_len
         chunks = []
         for start in range(0, len(histories), self.batch_size):
-            part = histories[start : start + self.batch_size]
+            part = [history[-max_len:] for history in histories[start : start + self.batch_size]]
             batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part))
             scores = adapted_scores(self.model, batch, self.meta, self.rates, self.inner_steps)
             chunks.append(scores.to(torch.float32).numpy())

@@ -2,7 +2,8 @@
 
 Items live in a shared ``item_dim`` space: the projection of their text vector
 concatenated with a learned collaborative id embedding (text alone is weak on MovieLens;
-ids alone cannot place a new item, whose id embedding stays at zero). A user's
+ids alone cannot place a new item). A new item's id embedding starts at zero, so its
+text places it; training moves it only through the softmax denominators. A user's
 history, as item vectors projected to the backbone's hidden size, runs through the
 backbone (``inputs_embeds``, LoRA fast weights inside); the state at a position, projected
 back to ``item_dim``, scores every item by dot product.
@@ -115,7 +116,10 @@ class UserModel(nn.Module):
         """(..., N) scores of (..., item_dim) states against every item."""
         return states @ self.item_vectors().T
 
-    def trainable_outside_lora(self) -> list[nn.Parameter]:
-        """The item side and projections: trained by the outer loop, not adapted per user."""
-        lora = {id(p) for layer in self.lora_layers.values() for p in layer.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in lora]
+    def lora_parameter_names(self) -> list[str]:
+        """Names (as in ``named_parameters``) of the LoRA initialisation's matrices."""
+        return [
+            f"backbone.{layer}.{part}.weight"
+            for layer in self.lora_layers
+            for part in ("lora_A", "lora_B")
+        ]
