@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from metarec.cli import main
+from metarec.eval.report import write_json
 
 BAD = Path(__file__).parent / "bad_inputs"
 
@@ -117,6 +118,15 @@ def test_unwritable_output_fails_before_any_work(tmp_path, capsys):
     )
     assert status == 2
     assert "not writable" in capsys.readouterr().err
+
+
+def test_write_failing_midway_keeps_the_old_file_and_no_debris(tmp_path):
+    output = tmp_path / "results.json"
+    output.write_text('{"earlier": true}')
+    with pytest.raises(TypeError):
+        write_json(output, {"methods": {"pop": object()}})  # not serialisable: fails mid-write
+    assert output.read_text() == '{"earlier": true}'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 
 
 def test_failed_run_leaves_earlier_results_intact(tmp_path):

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from metarec.baselines.base import interaction_matrix
 from metarec.baselines.itemknn import cosine_item_similarity
+from metarec.data.matrix import interaction_matrix
 from metarec.models.item_init import svd_item_embeddings
 
 

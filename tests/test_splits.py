@@ -25,8 +25,10 @@ def test_coldstart_partitions_users_by_seeded_permutation(synthetic_dataset):
 def test_coldstart_skips_users_without_query():
     sequences = [np.arange(n) for n in (3, 4, 5, 6, 7, 8, 9, 10, 11, 12)]
     split = coldstart_split(sequences, 12, support_size=9, query_size=5, split_seed=0)
-    assert all(len(sequences[c.user]) > 9 for c in split.test)
-    assert split.counts["test_users_skipped"] + len(split.test) == split.counts["test_users"]
+    test_users = np.random.default_rng(0).permutation(10)[8:]  # int(7.0) + int(1.0) = 8
+    expected = sorted(u for u in test_users if len(sequences[u]) > 9)
+    assert [case.user for case in split.test] == expected
+    assert split.counts["test_users_skipped"] == sum(len(sequences[u]) <= 9 for u in test_users)
 
 
 def test_loo_holds_out_last_two(synthetic_dataset):

@@ -26,14 +26,6 @@ class Recommender(ABC):
         """Scores (B, n_items) float32 for B users given their (L_b,) item histories."""
 
 
-def interaction_matrix(sequences: list[np.ndarray], n_items: int) -> np.ndarray:
-    """(U, N) float32 0/1 matrix: row u marks the items in sequence u."""
-    matrix = np.zeros((len(sequences), n_items), dtype=np.float32)
-    for row, items in enumerate(sequences):
-        matrix[row, items] = 1.0
-    return matrix
-
-
 def keep_top_k(matrix: np.ndarray, k: int) -> np.ndarray:
     """Zero all but the ``k`` largest entries of each row of (R, C) ``matrix``.
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import Recommender, interaction_matrix, keep_top_k
+from metarec.baselines.base import Recommender, keep_top_k
+from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
 
 
@@ -36,6 +37,7 @@ class ItemKNN(Recommender):
     def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
         similarity = cosine_item_similarity(interaction_matrix(train_sequences, n_items))
         if self.config.neighbours is not None:
+            np.fill_diagonal(similarity, 0.0)  # an item is not its own neighbour
             similarity = keep_top_k(similarity, self.config.neighbours)
         self.similarity = similarity.astype(np.float32)
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import Recommender, interaction_matrix
+from metarec.baselines.base import Recommender
+from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
 
 

@@ -7,7 +7,8 @@ cold user's first items do, so a model trained on histories' beginnings reads a 
 in the frame it was trained in. With a causal mask, right padding needs no key-padding mask:
 real positions never attend to the padding that follows them.
 
-Training windows are non-overlapping cuts of ``max_len + 1`` items (stride ``max_len``) from
+Training windows are cuts of ``max_len + 1`` items with stride ``max_len`` (consecutive
+windows share one item, so each transition is trained once) from
 each user's first item; validation ndcg@10 picks the best epoch, with patience counted in
 evaluations.
 """

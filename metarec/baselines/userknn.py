@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import Recommender, interaction_matrix, keep_top_k
+from metarec.baselines.base import Recommender, keep_top_k
+from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
 
 

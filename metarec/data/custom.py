@@ -55,12 +55,10 @@ def load_custom(interactions_path: Path, items_path: Path | None = None, name: s
         items = pd.DataFrame(
             {"item_id": table["item_id"], "text": _items_text(table), "line": table["line"]}
         )
-    files = [interactions_path] + ([items_path] if items_path is not None else [])
     return RawData(
         name=name,
         interactions=interactions,
         interactions_path=interactions_path,
         items=items,
         items_path=items_path,
-        files=files,
     )

@@ -172,5 +172,4 @@ def load_movielens(name: str, folder: Path) -> RawData:
         interactions_path=ratings_path,
         items=items,
         items_path=items_path,
-        files=[ratings_path, items_path],
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -23,4 +23,3 @@ class RawData:
     interactions_path: Path
     items: pd.DataFrame | None = None
     items_path: Path | None = None
-    files: list[Path] = field(default_factory=list)

@@ -37,7 +37,6 @@ class Split:
     """What a method may fit on, and the validation and test users of one protocol."""
 
     protocol: str
-    params: dict
     n_items: int
     train_sequences: list[np.ndarray]
     valid: list[UserCase]
@@ -88,7 +87,6 @@ def coldstart_split(
         )
     return Split(
         protocol="coldstart",
-        params={"support_size": support_size, "query_size": query_size, "split_seed": split_seed},
         n_items=n_items,
         train_sequences=[sequences[u] for u in np.sort(train_users)],
         valid=_support_query_cases(sequences, np.sort(valid_users), support_size, query_size),
@@ -118,7 +116,6 @@ def loo_split(
             )
     return Split(
         protocol="loo",
-        params={},
         n_items=n_items,
         train_sequences=[history[:-2] for history in sequences],
         valid=[UserCase(u, h[:-2], h[-2:-1]) for u, h in enumerate(sequences)],
@@ -145,8 +142,9 @@ def sampled_split(
     for case, history in zip(split.test, sequences, strict=True):
         unseen = np.setdiff1d(np.arange(n_items), history, assume_unique=False)
         if len(unseen) < num_negatives:
+            name = user_ids[case.user] if user_ids is not None else f"index {case.user}"
             raise MetarecError(
-                f"sampled: user index {case.user} has only {len(unseen)} "
+                f"sampled: user {name} has only {len(unseen)} "
                 f"unseen items; --num-negatives {num_negatives} is too many"
             )
         negatives = rng.choice(unseen, size=num_negatives, replace=False)
@@ -156,7 +154,6 @@ def sampled_split(
             )
         )
     split.protocol = "sampled"
-    split.params = {"num_negatives": num_negatives, "sample_seed": sample_seed}
     split.test = test
     return split
 

@@ -106,13 +106,11 @@ def _llm_method(name: str, config: EvaluateConfig, dataset: Dataset) -> Recommen
 
 @dataclass
 class Evaluation:
-    """Per-user metrics of each method on one split, plus timings."""
+    """Per-user metrics of each method on one split, and their JSON-ready summary."""
 
     dataset: Dataset
     split: Split
-    protocol: ProtocolConfig
     per_user: dict[str, dict[str, np.ndarray]]
-    seconds: dict[str, dict[str, float]]
     summary: dict[str, Any]
 
 
@@ -169,4 +167,4 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
         },
         "seconds": seconds,
     }
-    return Evaluation(dataset, split, config.protocol, per_user, seconds, summary)
+    return Evaluation(dataset, split, per_user, summary)

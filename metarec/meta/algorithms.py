@@ -7,10 +7,11 @@ loop, then returns a scalar whose gradient with respect to φ₀ is its meta-gra
   (second order, ``create_graph=True``);
 - ``fomaml``: the same query loss, inner gradients treated as constants (first order);
 - ``metasgd``: ``maml`` with a learned learning rate per LoRA weight (`MetaSGDRates`);
-- ``proximal``: first order, inner loss plus λ·½‖φ − φ₀‖² (iMAML-style regularised
-  adaptation, so the adapted weights stay near the initialisation);
+- ``proximal``: first order, inner loss plus λ·½‖φ − φ₀‖², the regularised inner problem
+  of iMAML (without iMAML's implicit gradient): adapted weights stay near the init;
 - ``reptile``: ½‖φ₀ − mean_u φ_u‖² with the adapted weights held constant, whose gradient
-  φ₀ − mean_u φ_u makes an SGD step of size ε the Reptile update φ₀ ← φ₀ + ε (mean_u φ_u − φ₀);
+  φ₀ − mean_u φ_u makes an SGD step of size ε the Reptile update φ₀ ← φ₀ + ε (mean_u φ_u − φ₀)
+  (with Adam, as the recipe uses, it is the common "Reptile with Adam" variant);
   plus the query loss at the (constant) adapted weights, which trains only what is not
   adapted (the item side), as the query loss does in the other algorithms.
 """

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaModel, PreTrainedModel
+from transformers import AutoModel, LlamaConfig, LlamaModel, PreTrainedModel
 
 from metarec.errors import MetarecError
 
@@ -121,13 +121,3 @@ def load_backbone(config: BackboneConfig) -> PreTrainedModel:
         _keep_first_layers(model, config.num_layers)
     model.requires_grad_(False)
     return model.eval()
-
-
-def load_tokenizer(config: BackboneConfig):
-    """The backbone's tokenizer (for encoding item text with the backbone itself)."""
-    if config.name == "tiny-llama":
-        raise MetarecError("tiny-llama has no tokenizer; encode items with another encoder")
-    source, extra = _source(config.name)
-    return AutoTokenizer.from_pretrained(
-        source, trust_remote_code=config.trust_remote_code, **extra
-    )

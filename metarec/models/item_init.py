@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from metarec.data.matrix import interaction_matrix
+
 
 def svd_item_embeddings(sequences: list[np.ndarray], n_items: int, dim: int) -> np.ndarray:
     """(N, dim) float32 item vectors E with E Eᵀ ≈ the item-item cosine of the histories.
@@ -17,9 +19,7 @@ def svd_item_embeddings(sequences: list[np.ndarray], n_items: int, dim: int) -> 
     Columns of the (U, N) 0/1 matrix are scaled to unit norm (unseen items stay zero);
     E = V_k diag(s_k) from its SVD, so E Eᵀ is the best rank-k approximation of XᵀX.
     """
-    matrix = np.zeros((len(sequences), n_items), dtype=np.float64)
-    for row, items in enumerate(sequences):
-        matrix[row, items] = 1.0
+    matrix = interaction_matrix(sequences, n_items, dtype=np.float64)
     norms = np.linalg.norm(matrix, axis=0)
     matrix /= np.where(norms > 0, norms, 1.0)
     _, singular, right = np.linalg.svd(matrix, full_matrices=False)
