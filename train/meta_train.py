@@ -31,7 +31,7 @@ from metarec.data.splits import UserCase, coldstart_split
 from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
-from metarec.meta.personalise import query_loss_fn, support_loss_fn
+from metarec.meta.personalise import episode_losses, query_loss_fn, support_loss_fn
 from metarec.meta.recommender import LLMRecommender, trained_weights
 from metarec.models.lora import initial_fast_weights
 from metarec.models.user_model import UserModel, UserModelConfig
@@ -113,9 +113,16 @@ class MetaTrainRecipe:
         return objective.item()
 
     def validate(self, cases: list[UserCase]) -> dict[str, float]:
-        """ndcg@10 of validation users before and after support adaptation."""
+        """ndcg@10 and support/query losses of validation users before and after adaptation."""
         self.model.eval()
-        metrics = {}
+        sample = cases[:512]  # losses are a diagnostic: a bounded sample is enough
+        batch = collate([case.history for case in sample], [case.relevant for case in sample])
+        metrics = {
+            f"valid_{name}": value
+            for name, value in episode_losses(
+                self.model, batch, self.config.meta, self.rates
+            ).items()
+        }
         for label, steps in (("before", 0), ("after", self.config.meta.inner_steps)):
             method = LLMRecommender(self.model, self.config.meta, self.rates, steps)
             per_user = evaluate_cases(method.score, cases, (10,), name="meta-lora")

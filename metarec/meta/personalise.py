@@ -40,6 +40,38 @@ def query_loss_fn(model: UserModel, batch: EpisodeBatch, excluded: torch.Tensor)
     return query_loss
 
 
+def adapt_batch(
+    model: UserModel,
+    batch: EpisodeBatch,
+    meta: MetaConfig,
+    rates: MetaSGDRates | None,
+    steps: int,
+) -> FastWeights:
+    """Each user's fast weights after ``steps`` first-order support steps, detached."""
+    lr = rates.by_name() if rates is not None else meta.inner_lr
+    start = initial_fast_weights(model.lora_layers, len(batch.support))
+    proximal = meta.proximal_strength if meta.algorithm == "proximal" else 0.0
+    with torch.enable_grad():
+        fast = adapt(support_loss_fn(model, batch), start, steps, lr, False, proximal)
+    return {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
+
+
+def episode_losses(
+    model: UserModel, batch: EpisodeBatch, meta: MetaConfig, rates: MetaSGDRates | None
+) -> dict[str, float]:
+    """Mean support and query losses of a batch, before and after adaptation."""
+    excluded = batch.support_excluded(model.id_embedding.num_embeddings)
+    start = initial_fast_weights(model.lora_layers, len(batch.support))
+    adapted = adapt_batch(model, batch, meta, rates, meta.inner_steps)
+    losses = {}
+    with torch.no_grad():
+        for label, fast in (("before", start), ("after", adapted)):
+            losses[f"support_loss_{label}"] = support_loss_fn(model, batch)(fast).mean().item()
+            query = query_loss_fn(model, batch, excluded)(fast)
+            losses[f"query_loss_{label}"] = query.mean().item()
+    return losses
+
+
 def adapted_scores(
     model: UserModel,
     batch: EpisodeBatch,
@@ -52,11 +84,6 @@ def adapted_scores(
     First order at test time: the inner gradients are only needed, not differentiated.
     """
     steps = meta.inner_steps if inner_steps is None else inner_steps
-    lr = rates.by_name() if rates is not None else meta.inner_lr
-    start = initial_fast_weights(model.lora_layers, len(batch.support))
-    proximal = meta.proximal_strength if meta.algorithm == "proximal" else 0.0
-    with torch.enable_grad():
-        fast = adapt(support_loss_fn(model, batch), start, steps, lr, False, proximal)
+    fast = adapt_batch(model, batch, meta, rates, steps)
     with torch.no_grad():
-        fast = {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
         return model.scores(last_states(model, batch, fast))
