@@ -63,6 +63,15 @@ class MetaSGDRates(nn.Module):
         }
 
 
+def inner_loop_settings(
+    config: MetaConfig, rates: MetaSGDRates | None
+) -> tuple[float | dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
+    """The inner loop's learning rate(s) and proximal strength for ``config``'s algorithm."""
+    lr = rates.by_name() if rates is not None else config.inner_lr
+    proximal = config.proximal_strength if config.algorithm == "proximal" else 0.0
+    return lr, proximal
+
+
 def reptile_surrogate(start: FastWeights, adapted: FastWeights) -> torch.Tensor:
     """½‖φ₀ − mean_u φ_u‖² summed over weights; ``start`` holds (U, ·, ·) views of φ₀."""
     total = torch.zeros(())
@@ -84,8 +93,7 @@ def meta_objective(
     if config.algorithm == "metasgd" and rates is None:
         raise ValueError("metasgd needs MetaSGDRates")
     second_order = config.algorithm in ("maml", "metasgd")
-    lr = rates.by_name() if config.algorithm == "metasgd" else config.inner_lr
-    proximal = config.proximal_strength if config.algorithm == "proximal" else 0.0
+    lr, proximal = inner_loop_settings(config, rates)
     adapted = adapt(support_loss, start, config.inner_steps, lr, second_order, proximal)
     if config.algorithm == "reptile":
         constant = {name: (a.detach(), b.detach()) for name, (a, b) in adapted.items()}

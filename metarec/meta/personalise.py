@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from metarec.data.episodes import EpisodeBatch
-from metarec.meta.algorithms import MetaConfig, MetaSGDRates
+from metarec.meta.algorithms import MetaConfig, MetaSGDRates, inner_loop_settings
 from metarec.meta.inner_loop import LossFn, adapt
 from metarec.meta.losses import next_item_losses, query_losses
 from metarec.models.lora import FastWeights, bind_fast_weights, initial_fast_weights
@@ -48,9 +48,8 @@ def adapt_batch(
     steps: int,
 ) -> FastWeights:
     """Each user's fast weights after ``steps`` first-order support steps, detached."""
-    lr = rates.by_name() if rates is not None else meta.inner_lr
+    lr, proximal = inner_loop_settings(meta, rates)
     start = initial_fast_weights(model.lora_layers, len(batch.support))
-    proximal = meta.proximal_strength if meta.algorithm == "proximal" else 0.0
     with torch.enable_grad():
         fast = adapt(support_loss_fn(model, batch), start, steps, lr, False, proximal)
     return {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
