@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--bootstrap-resamples", type=int, default=1000)
     evaluate.add_argument("--checkpoint", type=Path, help="meta-lora run dir (metarec train)")
     evaluate.add_argument(
-        "--baseline-checkpoint", type=Path, help="run dir trained with meta.inner_steps=0"
+        "--baseline-checkpoint",
+        type=Path,
+        help="run dir trained with meta.inner_steps=0 (default: <checkpoint>/pretrained if there)",
     )
     evaluate.add_argument("--output", type=Path, help="results JSON")
     evaluate.add_argument("--per-user-output", type=Path, help="per-user metrics Parquet")

@@ -26,9 +26,14 @@ def synthetic_raw(
     max_length: int = 40,
     n_topics: int = 6,
     follow_probability: float = 0.7,
+    reverse_fraction: float = 0.0,
     seed: int = 0,
 ) -> RawData:
-    """RawData of ``n_users`` users with histories of ``min_length..max_length`` items."""
+    """RawData of ``n_users`` users with histories of ``min_length..max_length`` items.
+
+    A ``reverse_fraction`` of users walk their topics backwards (predecessor, not successor):
+    a per-user rule the population model cannot know before seeing the user.
+    """
     rng = np.random.default_rng(seed)
     topic_of_item = np.arange(n_items) % n_topics
     items_by_topic = [np.flatnonzero(topic_of_item == t) for t in range(n_topics)]
@@ -36,6 +41,7 @@ def synthetic_raw(
     rows = []
     for user in range(n_users):
         tastes = rng.choice(n_topics, size=2, replace=False)
+        direction = -1 if rng.random() < reverse_fraction else 1
         available = sum(len(items_by_topic[topic]) for topic in tastes)
         length = min(int(rng.integers(min_length, max_length + 1)), available)
         seen: list[int] = []
@@ -44,7 +50,7 @@ def synthetic_raw(
             if current >= 0 and rng.random() < follow_probability:
                 topic_items = items_by_topic[topic_of_item[current]]
                 position = int(np.searchsorted(topic_items, current))
-                candidate = int(topic_items[(position + 1) % len(topic_items)])
+                candidate = int(topic_items[(position + direction) % len(topic_items)])
             else:
                 pool = items_by_topic[int(rng.choice(tastes))]
                 weights = popularity[pool] / popularity[pool].sum()

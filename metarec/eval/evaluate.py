@@ -48,7 +48,14 @@ LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")
 
 
 def _check_llm_methods(config: EvaluateConfig) -> None:
-    """Fail before loading anything when an LLM method lacks its checkpoint."""
+    """Fail before loading anything when an LLM method lacks its checkpoint.
+
+    A meta-lora run trained with ``pretrain_epochs`` holds its own llm-noadapt run in
+    ``pretrained/``, the default ``baseline_checkpoint``.
+    """
+    own_baseline = config.checkpoint and config.checkpoint / "pretrained"
+    if config.baseline_checkpoint is None and own_baseline and own_baseline.is_dir():
+        config.baseline_checkpoint = own_baseline
     wanted = [name for name in config.methods if name in LLM_METHODS]
     needs_meta = "meta-lora" in wanted or "llm-finetune" in wanted
     if needs_meta and config.checkpoint is None:
@@ -65,13 +72,15 @@ def _check_same_split(method: LLMRecommender, run: Path, config: EvaluateConfig)
     """Refuse to score users the model may have trained on."""
     trained = method.trained_on
     data = trained.get("data", {})
-    if config.protocol.name != "coldstart":
+    trained_protocol = trained.get("protocol", "coldstart")
+    allowed = ("coldstart",) if trained_protocol == "coldstart" else ("loo", "sampled")
+    if config.protocol.name not in allowed:
         raise ConfigError(
-            f"{run}: LLM methods are trained on coldstart meta-train users and "
-            f"can only be evaluated on coldstart, not {config.protocol.name}"
+            f"{run}: trained on the {trained_protocol} split, so it can be evaluated on "
+            f"{' or '.join(allowed)}, not {config.protocol.name} (whose test users it trained on)"
         )
     same = (
-        trained.get("split_seed") == config.protocol.split_seed
+        (trained_protocol == "loo" or trained.get("split_seed") == config.protocol.split_seed)
         and data.get("dataset") == config.data.dataset
         and data.get("min_rating") == config.data.min_rating
         and data.get("k_core") == config.data.k_core

@@ -35,6 +35,34 @@ def trained_weights(model: UserModel, rates: MetaSGDRates | None) -> dict[str, n
     return weights
 
 
+def load_trained_weights(
+    model: UserModel,
+    rates: MetaSGDRates | None,
+    folder: Path,
+    weights: dict[str, torch.Tensor],
+) -> None:
+    """Copy a checkpoint's adapter and ``weights`` (from `read_checkpoint`) into ``model``.
+
+    Learned inner rates are copied when both sides have them; a checkpoint without them
+    (an ``llm-noadapt`` run) can still start a ``metasgd`` run, whose rates stay fresh.
+    """
+    load_adapter_into(model.lora_layers, folder)
+    own = trained_weights(model, rates)
+    if not any(name.startswith("rates.") for name in weights):
+        own = {name: p for name, p in own.items() if not name.startswith("rates.")}
+    if set(own) != set(weights):
+        difference = sorted(set(own) ^ set(weights))[:3]
+        raise MetarecError(f"{folder}: weights do not match the model (e.g. {difference})")
+    for name, tensor in weights.items():
+        if own[name].shape != tensor.shape:
+            raise MetarecError(
+                f"{folder}: weight {name} {tuple(tensor.shape)} does not fit this model "
+                f"{tuple(own[name].shape)} (was it trained on another catalogue?)"
+            )
+        with torch.no_grad():
+            own[name].copy_(tensor)
+
+
 class LLMRecommender(Recommender):
     def __init__(
         self,
@@ -60,21 +88,10 @@ class LLMRecommender(Recommender):
         model_config = from_mapping(UserModelConfig, config["model"], where=f"{folder}: model")
         meta = from_mapping(MetaConfig, config["meta"], where=f"{folder}: meta")
         model = UserModel.build(model_config, item_text, cache_dir)
-        load_adapter_into(model.lora_layers, folder)
         rates = (
             MetaSGDRates(model.lora_layers, meta.inner_lr) if meta.algorithm == "metasgd" else None
         )
-        own = trained_weights(model, rates)
-        if set(own) != set(weights):
-            difference = sorted(set(own) ^ set(weights))[:3]
-            raise MetarecError(f"{folder}: weights do not match the model (e.g. {difference})")
-        for name, tensor in weights.items():
-            if own[name].shape != tensor.shape:
-                raise MetarecError(
-                    f"{folder}: weight {name} {tuple(tensor.shape)} does not fit this model "
-                    f"{tuple(own[name].shape)} (was it trained on another catalogue?)"
-                )
-            own[name].data.copy_(tensor)
+        load_trained_weights(model, rates, folder, weights)
         method = cls(model.eval(), meta, rates, inner_steps)
         method.trained_on = config
         return method
