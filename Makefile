@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/metarec evaluate --dataset ml-100k --protocol coldstart --support-size 10 \
-		--methods pop,itemknn,userknn,ease,sasrec --output runs/demo/results.json
+	$(PY) bench/coldstart_llm.py --config configs/quick.yaml --run-dir runs/demo \
+		--baselines pop,itemknn,ease --json runs/demo/table.json
 
 test: setup
 	$(PY) -m pytest -q

@@ -59,6 +59,9 @@ class TrainConfig:
     # Ordinary multi-user training (no inner loop) before meta-training. Its best epoch is
     # saved as <output_dir>/pretrained (the llm-noadapt comparison) and starts meta-training.
     pretrain_epochs: int = 0
+    # Adam's first steps move every weight by about the lr, which undoes the pretrained
+    # model when meta-training starts from it: the pretraining stage has its own lr.
+    pretrain_lr: float | None = None  # default: outer_lr
     epochs: int = 1
     outer_lr: float = 1e-3
     seed: int = 0
@@ -173,6 +176,7 @@ class MetaTrainRecipe:
         if config.pretrain_epochs > 0:
             pretrain = self.pretrained_config()
             self.best = -1.0
+            self.optimizer = torch.optim.Adam(self.trainable, lr=pretrain.outer_lr)
             self.run_stage("pretrain", pretrain.meta, config.pretrain_epochs, pretrain)
             self.load_initial_weights(pretrain.output_dir)  # its best epoch
             self.optimizer = torch.optim.Adam(self.trainable, lr=config.outer_lr)
@@ -189,7 +193,9 @@ class MetaTrainRecipe:
             self.config,
             meta=replace(self.config.meta, inner_steps=0),
             epochs=self.config.pretrain_epochs,
+            outer_lr=self.config.pretrain_lr or self.config.outer_lr,
             pretrain_epochs=0,
+            pretrain_lr=None,
             output_dir=self.config.output_dir / "pretrained",
         )
 
