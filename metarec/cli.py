@@ -152,10 +152,25 @@ def cmd_train(args: argparse.Namespace) -> None:
     if "data_dir" not in data and env_data_dir:
         data["data_dir"] = env_data_dir
     data.setdefault("cache_dir", os.environ.get("METAREC_CACHE_DIR", "~/.cache/metarec"))
+    distributed = raw["distributed"] = raw.get("distributed") or {}
+    accelerate_ds_config = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and accelerate_ds_config:
+        # under `accelerate launch --config_file launch/accelerate/zero3.yaml`
+        distributed.setdefault("deepspeed_config", accelerate_ds_config)
     config = from_mapping(TrainConfig, raw, where=str(args.config))
     _check_writable(config.output_dir / "config.json")
-    history = run(config)
-    print(json.dumps(history[-1], indent=2))
+    kill_at_step = None
+    if args.kill_at_step:
+        rank, _, step = args.kill_at_step.partition(":")
+        kill_at_step = (int(rank), int(step))
+    history = run(
+        config,
+        resume=args.resume,
+        launched_world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        kill_at_step=kill_at_step,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(history[-1], indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--split-seed", type=int)
     train.add_argument("--output-dir", type=Path)
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the newest state in <output_dir>/state"
+    )
+    # fault injection for the resume tests: SIGKILL rank R right after it saves step S
+    train.add_argument("--kill-at-step", metavar="RANK:STEP", help=argparse.SUPPRESS)
+    # the deepspeed launcher passes --local_rank; ranks come from the environment instead
+    train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     train.set_defaults(handler=cmd_train)
     return parser
 

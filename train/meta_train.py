@@ -1,26 +1,37 @@
 """Meta-train the LoRA initialisation of the LLM user model on cold-start episodes.
 
     metarec train --config configs/tiny.yaml --output-dir runs/tiny
+    torchrun --nproc_per_node 2 train/meta_train.py --config configs/tiny.yaml \
+        --set distributed.deepspeed_config=ds_configs/zero3.json
 
-Reading order: config → setup (data, split, item text, backbone, user model, optimiser)
-→ train (episodes of meta-train users, one meta step per batch of users, validation on
-validation users after each epoch) → save_checkpoint (best epoch by validation ndcg@10).
+Reading order: config → setup (data, split, user model, engine) → train (an optional
+pretraining stage without adaptation, then the meta stage; each epoch samples one
+episode per training user, takes one meta step per batch of users and validates) →
+checkpoints (the best epoch of each stage, by validation ndcg@10) and resumable states.
 
 Every meta step adapts a batch of users at once with the batched fast-weight inner loop
 and backpropagates the algorithm's meta objective (`metarec.meta.algorithms`) into the
 shared LoRA initialisation and the item side. ``meta.inner_steps = 0`` trains the same
 model without adaptation (the ``llm-noadapt`` comparison: ordinary multi-user training).
+
+Under a launcher (torchrun, deepspeed, accelerate) each rank takes an equal share of every
+meta step's users (`metarec.dist.engine`); validation users are shared out the same way
+and the metrics summed over ranks. Only rank 0 writes checkpoints, TensorBoard and logs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -28,12 +39,20 @@ from metarec.checkpoint import read_checkpoint, save_checkpoint
 from metarec.data.episodes import collate, sample_episodes
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import UserCase, coldstart_split, loo_split
+from metarec.dist import state
+from metarec.dist.engine import (
+    DistributedConfig,
+    MetaStepModule,
+    all_reduce_sums,
+    build_engine,
+    init_process_group,
+    rank_micro_batches,
+)
 from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
-from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
-from metarec.meta.personalise import episode_losses, query_loss_fn, support_loss_fn
+from metarec.meta.algorithms import MetaConfig, MetaSGDRates
+from metarec.meta.personalise import episode_losses
 from metarec.meta.recommender import LLMRecommender, load_trained_weights, trained_weights
-from metarec.models.lora import initial_fast_weights
 from metarec.models.user_model import UserModel, UserModelConfig
 
 TRAINING_PROTOCOLS = ("coldstart", "loo")
@@ -59,8 +78,8 @@ class TrainConfig:
     # Ordinary multi-user training (no inner loop) before meta-training. Its best epoch is
     # saved as <output_dir>/pretrained (the llm-noadapt comparison) and starts meta-training.
     pretrain_epochs: int = 0
-    # Adam's first steps move every weight by about the lr, which undoes the pretrained
-    # model when meta-training starts from it: the pretraining stage has its own lr.
+    # Meta-training continues from the pretrained weights and Adam state at outer_lr,
+    # usually smaller: a large step would undo what pretraining learned.
     pretrain_lr: float | None = None  # default: outer_lr
     epochs: int = 1
     outer_lr: float = 1e-3
@@ -69,6 +88,11 @@ class TrainConfig:
     # A run dir (e.g. the llm-noadapt run) whose trained weights start this one, so
     # meta-learning refines ordinary multi-user training instead of starting from scratch.
     init_from: Path | None = None
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # Resumable state every this many meta steps (0: none) under <output_dir>/state,
+    # keeping the newest keep_states; `metarec train --resume` continues from the newest.
+    state_every: int = 0
+    keep_states: int = 2
 
     def __post_init__(self) -> None:
         if self.protocol not in TRAINING_PROTOCOLS:
@@ -81,11 +105,19 @@ class TrainConfig:
 
 
 class MetaTrainRecipe:
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        launched_world_size: int = 1,
+        kill_at_step: tuple[int, int] | None = None,
+    ) -> None:
         self.config = config
+        self.launched_world_size = launched_world_size
+        self.kill_at_step = kill_at_step  # (rank, step): fault injection for resume tests
 
     def setup(self) -> None:
         config = self.config
+        init_process_group(config.distributed, self.launched_world_size)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         dataset = load_dataset(config.data)
@@ -111,14 +143,40 @@ class MetaTrainRecipe:
             self.rates = MetaSGDRates(self.model.lora_layers, config.meta.inner_lr)
         if config.init_from is not None:
             self.load_initial_weights(config.init_from)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if self.rates is not None:
-            trainable += list(self.rates.parameters())
-        self.trainable = trainable
-        self.optimizer = torch.optim.Adam(trainable, lr=config.outer_lr)
-        self.writer = SummaryWriter(str(config.output_dir / "tensorboard"))
+        self.stages = self.plan()
+        self.step_module = MetaStepModule(self.model, self.stages[0][1], self.rates)
+        first_lr = self.stages[0][3].outer_lr
+        self.engine = build_engine(
+            self.step_module, first_lr, config.distributed, config.users_per_batch
+        )
+        self.rank, self.world_size = self.engine.rank, self.engine.world_size
+        self.is_main = self.rank == 0
+        self.writer = (
+            SummaryWriter(str(config.output_dir / "tensorboard")) if self.is_main else None
+        )
         self.history: list[dict] = []
         self.step = 0
+        self.best = -1.0
+        self.position = {"stage": 0, "epoch": 0, "batch": 0, "stage_started": False}
+        self.epoch_rng_state: dict | None = None
+
+    def plan(self) -> list[tuple[str, MetaConfig, int, TrainConfig]]:
+        """The stages to run: (name, meta config, epochs, config its checkpoint records)."""
+        config = self.config
+        stages = []
+        if config.pretrain_epochs > 0:
+            pretrained = replace(
+                config,
+                meta=replace(config.meta, inner_steps=0),
+                epochs=config.pretrain_epochs,
+                outer_lr=config.pretrain_lr or config.outer_lr,
+                pretrain_epochs=0,
+                pretrain_lr=None,
+                output_dir=config.output_dir / "pretrained",
+            )
+            stages.append(("pretrain", pretrained.meta, config.pretrain_epochs, pretrained))
+        stages.append(("meta", config.meta, config.epochs, config))
+        return stages
 
     def load_initial_weights(self, run: Path) -> None:
         """Start from another run's weights: same model, same data and split, or an error."""
@@ -135,129 +193,207 @@ class MetaTrainRecipe:
                 )
         load_trained_weights(self.model, self.rates, run / "checkpoint", weights)
 
-    def meta_step(self, episodes: list[tuple[np.ndarray, np.ndarray]], meta: MetaConfig) -> float:
-        """One outer update from a batch of users' episodes; returns the meta objective."""
-        batch = collate([s for s, _ in episodes], [q for _, q in episodes])
-        excluded = batch.support_excluded(self.n_items)
-        objective, _ = meta_objective(
-            meta,
-            support_loss_fn(self.model, batch),
-            query_loss_fn(self.model, batch, excluded),
-            initial_fast_weights(self.model.lora_layers, len(episodes)),
-            self.rates,
-        )
-        self.optimizer.zero_grad()
-        objective.backward()
-        self.optimizer.step()
-        return objective.item()
-
     def validate(self, cases: list[UserCase], meta: MetaConfig) -> dict[str, float]:
-        """ndcg@10 and support/query losses of validation users before and after adaptation."""
+        """ndcg@10 and support/query losses of validation users before and after adaptation.
+
+        Each rank scores every ``world_size``-th user; sums and counts are added up over ranks.
+        """
         self.model.eval()
-        cases = cases[: self.config.valid_users]
-        batch = collate(
-            [case.history[-self.config.model.max_len :] for case in cases],
-            [case.relevant for case in cases],
-        )
-        metrics = {
-            f"valid_{name}": value
-            for name, value in episode_losses(self.model, batch, meta, self.rates).items()
-        }
-        for label, steps in (("before", 0), ("after", meta.inner_steps)):
-            method = LLMRecommender(self.model, meta, self.rates, steps)
-            per_user = evaluate_cases(method.score, cases, (10,), name="meta-lora")
-            metrics[f"valid_ndcg@10_{label}"] = float(per_user["ndcg@10"].mean())
+        mine = cases[: self.config.valid_users][self.rank :: self.world_size]
+        sums = {"count": float(len(mine))}
+        if mine:
+            batch = collate(
+                [case.history[-self.config.model.max_len :] for case in mine],
+                [case.relevant for case in mine],
+            )
+            for name, value in episode_losses(self.model, batch, meta, self.rates).items():
+                sums[f"valid_{name}"] = value * len(mine)
+            for label, steps in (("before", 0), ("after", meta.inner_steps)):
+                method = LLMRecommender(self.model, meta, self.rates, steps)
+                per_user = evaluate_cases(method.score, mine, (10,), name="meta-lora")
+                sums[f"valid_ndcg@10_{label}"] = float(per_user["ndcg@10"].sum())
+        names = [f"valid_{side}_loss_{label}" for side in ("support", "query")
+                 for label in ("before", "after")]  # fmt: skip
+        names += ["valid_ndcg@10_before", "valid_ndcg@10_after"]
+        totals = all_reduce_sums({name: sums.get(name, 0.0) for name in [*names, "count"]})
         self.model.train()
-        self.model.backbone.eval()  # frozen: its dropout (if any) stays off
-        return metrics
+        if not self.config.distributed.activation_checkpointing:
+            self.model.backbone.eval()  # frozen: its dropout (if any) stays off
+        return {name: totals[name] / max(totals["count"], 1.0) for name in names}
 
     def train(self) -> list[dict]:
         config = self.config
-        if config.pretrain_epochs > 0:
-            pretrain = self.pretrained_config()
-            self.best = -1.0
-            self.optimizer = torch.optim.Adam(self.trainable, lr=pretrain.outer_lr)
-            self.run_stage("pretrain", pretrain.meta, config.pretrain_epochs, pretrain)
-            self.load_initial_weights(pretrain.output_dir)  # its best epoch
-            self.optimizer = torch.optim.Adam(self.trainable, lr=config.outer_lr)
-        self.best = -1.0
-        if config.init_from is not None or config.pretrain_epochs > 0:
-            # the starting point competes with every epoch: meta-training must earn its keep
-            self.end_epoch("meta", {"epoch": 0, **self.validate(self.split.valid, config.meta)})
-        self.run_stage("meta", config.meta, config.epochs, config)
+        for index, (stage, meta, epochs, saved_as) in enumerate(self.stages):
+            if index < self.position["stage"]:
+                continue
+            self.step_module.meta = meta
+            if not self.position["stage_started"]:
+                self.start_stage(index, stage, meta, saved_as)
+            for epoch in range(self.position["epoch"], epochs):
+                if self.epoch_rng_state is not None:  # resuming inside this epoch
+                    self.rng.bit_generator.state = self.epoch_rng_state
+                self.epoch_rng_state = self.rng.bit_generator.state
+                episodes = sample_episodes(
+                    self.split.train_sequences, config.support_sizes, config.query_size, self.rng
+                )
+                # every step has users_per_batch users, so ranks always get equal shares
+                n_batches = len(episodes) // config.users_per_batch
+                started, losses = time.perf_counter(), []
+                batches = range(self.position["batch"], n_batches)
+                desc = f"{stage} epoch {epoch + 1}"
+                for batch_index in tqdm(batches, desc=desc, unit="step", disable=not self.is_main):
+                    start = batch_index * config.users_per_batch
+                    losses.append(self.meta_step(episodes[start : start + config.users_per_batch]))
+                    self.position.update(epoch=epoch, batch=batch_index + 1)
+                    self.maybe_save_state()
+                metrics = {
+                    "epoch": epoch + 1,
+                    "objective": float(np.mean(losses)) if losses else float("nan"),
+                    "users_per_s": len(losses)
+                    * config.users_per_batch
+                    / max(time.perf_counter() - started, 1e-9),
+                    **self.validate(self.split.valid, meta),
+                }
+                self.end_epoch(stage, metrics, saved_as)
+                self.position.update(epoch=epoch + 1, batch=0)
+                self.epoch_rng_state = None
+            self.position = {"stage": index + 1, "epoch": 0, "batch": 0, "stage_started": False}
         return self.history
 
-    def pretrained_config(self) -> TrainConfig:
-        """The config the pretraining stage's checkpoint records: a plain llm-noadapt run."""
-        return replace(
-            self.config,
-            meta=replace(self.config.meta, inner_steps=0),
-            epochs=self.config.pretrain_epochs,
-            outer_lr=self.config.pretrain_lr or self.config.outer_lr,
-            pretrain_epochs=0,
-            pretrain_lr=None,
-            output_dir=self.config.output_dir / "pretrained",
-        )
+    def start_stage(self, index: int, stage: str, meta: MetaConfig, saved_as: TrainConfig) -> None:
+        """Set the stage's learning rate; the meta stage first validates where it starts."""
+        for group in self.engine.param_groups():
+            group["lr"] = saved_as.outer_lr
+        self.best = -1.0
+        if stage == "meta" and (index > 0 or self.config.init_from is not None):
+            # the starting point competes with every epoch: meta-training must earn its keep
+            self.end_epoch(stage, {"epoch": 0, **self.validate(self.split.valid, meta)}, saved_as)
+        self.position.update(stage=index, stage_started=True)
 
-    def run_stage(self, stage: str, meta: MetaConfig, epochs: int, saved_as: TrainConfig) -> None:
-        """``epochs`` epochs of meta steps; checkpoints the best epoch with ``saved_as``."""
-        config = self.config
-        for epoch in range(epochs):
-            episodes = sample_episodes(
-                self.split.train_sequences, config.support_sizes, config.query_size, self.rng
-            )
-            started, losses = time.perf_counter(), []
-            batches = range(0, len(episodes), config.users_per_batch)
-            for start in tqdm(batches, desc=f"{stage} epoch {epoch + 1}", unit="batch"):
-                losses.append(
-                    self.meta_step(episodes[start : start + config.users_per_batch], meta)
-                )
-                self.writer.add_scalar(f"{stage}/objective", losses[-1], self.step)
-                self.step += 1
-            metrics = {
-                "epoch": epoch + 1,
-                "objective": float(np.mean(losses)),
-                "users_per_s": len(episodes) / (time.perf_counter() - started),
-                **self.validate(self.split.valid, meta),
-            }
-            self.end_epoch(stage, metrics, saved_as)
+    def meta_step(self, episodes: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        """One outer update from a global batch of users; returns the objective (all ranks)."""
+        micro_batches = rank_micro_batches(
+            episodes, self.rank, self.world_size,
+            self.config.distributed.gradient_accumulation_steps,
+        )  # fmt: skip
+        local = self.engine.train_step(micro_batches)
+        objective = all_reduce_sums({"objective": local})["objective"] / self.world_size
+        self.step += 1
+        if self.writer is not None:
+            self.writer.add_scalar("train/objective", objective, self.step)
+        return objective
 
-    def end_epoch(self, stage: str, metrics: dict, saved_as: TrainConfig | None = None) -> None:
+    def end_epoch(self, stage: str, metrics: dict, saved_as: TrainConfig) -> None:
         """Log an epoch's metrics; checkpoint it if it validates best in its stage."""
-        for name, value in metrics.items():
-            self.writer.add_scalar(f"{stage}/{name}", value, metrics["epoch"])
         metrics = {"stage": stage, **metrics}
         self.history.append(metrics)
-        tqdm.write(json.dumps(metrics))
+        if self.writer is not None:
+            for name, value in metrics.items():
+                if name != "stage":
+                    self.writer.add_scalar(f"{stage}/{name}", value, metrics["epoch"])
+            tqdm.write(json.dumps(metrics))
         if metrics["valid_ndcg@10_after"] > self.best:
             self.best = metrics["valid_ndcg@10_after"]
-            self.save_checkpoint(saved_as or self.config)
+            self.save_checkpoint(saved_as)
 
     def save_checkpoint(self, saved_as: TrainConfig | None = None) -> None:
-        """The current state as ``<output_dir>/checkpoint`` of ``saved_as`` (default: this run)."""
+        """The current weights as ``<output_dir>/checkpoint`` of ``saved_as`` (rank 0 writes).
+
+        Under ZeRO-3 every rank joins in gathering the sharded weights first.
+        """
         saved_as = saved_as or self.config
-        weights = trained_weights(self.model, self.rates)
         history = self.history
         if saved_as is not self.config:
             history = [row for row in history if row["stage"] == "pretrain"]
-        save_checkpoint(
-            saved_as.output_dir / "checkpoint",
-            self.model.lora_layers,
-            saved_as.model.lora,
-            saved_as.model.backbone.name,
-            weights,
-            asdict(saved_as),
-            history,
-        )
+        with self.engine.gathered():
+            if self.is_main:
+                save_checkpoint(
+                    saved_as.output_dir / "checkpoint",
+                    self.model.lora_layers,
+                    saved_as.model.lora,
+                    saved_as.model.backbone.name,
+                    trained_weights(self.model, self.rates),
+                    asdict(saved_as),
+                    history,
+                )
+        self.barrier()
+
+    def maybe_save_state(self) -> None:
+        """Every ``state_every`` steps: a resumable state (see `metarec.dist.state`)."""
+        every = self.config.state_every
+        if every <= 0 or self.step % every:
+            return
+        root = self.config.output_dir / "state"
+        staging = state.staging_folder(root, self.step)
+        if self.is_main:
+            staging.mkdir(parents=True, exist_ok=True)
+        self.barrier()
+        self.engine.save_state(staging)
+        self.barrier()
+        if self.is_main:
+            client = {
+                "step": self.step,
+                "position": self.position,
+                "epoch_rng_state": self.epoch_rng_state,
+                "rng_state": self.rng.bit_generator.state,
+                "torch_rng_state": torch.get_rng_state().tolist(),
+                "history": self.history,
+                "best": self.best,
+                "world_size": self.world_size,
+            }
+            state.commit(staging, state.step_folder(root, self.step), client)
+            state.prune(root, self.config.keep_states)
+        self.barrier()
+        if self.kill_at_step == (self.rank, self.step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def resume(self) -> bool:
+        """Continue from the newest whole state under ``<output_dir>/state``, if any."""
+        found = state.latest_state(self.config.output_dir / "state", self.report)
+        if found is None:
+            return False
+        folder, client = found
+        self.engine.load_state(folder)
+        self.step = client["step"]
+        self.position = client["position"]
+        self.epoch_rng_state = client["epoch_rng_state"]
+        self.rng.bit_generator.state = client["rng_state"]
+        torch.set_rng_state(torch.tensor(client["torch_rng_state"], dtype=torch.uint8))
+        self.history = client["history"]
+        self.best = client["best"]
+        self.report(f"resumed from {folder} (step {self.step})")
+        return True
+
+    def report(self, message: str) -> None:
+        if self.is_main:
+            print(message, file=sys.stderr, flush=True)
+
+    def barrier(self) -> None:
+        if dist.is_initialized():
+            dist.barrier()
 
     def cleanup(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
-def run(config: TrainConfig) -> list[dict]:
-    recipe = MetaTrainRecipe(config)
+def run(
+    config: TrainConfig,
+    resume: bool = False,
+    launched_world_size: int = 1,
+    kill_at_step: tuple[int, int] | None = None,
+) -> list[dict]:
+    recipe = MetaTrainRecipe(config, launched_world_size, kill_at_step)
     recipe.setup()
     try:
+        if resume:
+            recipe.resume()
         return recipe.train()
     finally:
         recipe.cleanup()
+
+
+if __name__ == "__main__":  # launchers run this file: torchrun ... train/meta_train.py --config
+    from metarec.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

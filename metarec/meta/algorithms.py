@@ -9,7 +9,7 @@ loop, then returns a scalar whose gradient with respect to φ₀ is its meta-gra
 - ``metasgd``: ``maml`` with a learned learning rate per LoRA weight (`MetaSGDRates`);
 - ``proximal``: first order, inner loss plus λ·½‖φ − φ₀‖², the regularised inner problem
   of iMAML (without iMAML's implicit gradient): adapted weights stay near the init;
-- ``reptile``: ½‖φ₀ − mean_u φ_u‖² with the adapted weights held constant, whose gradient
+- ``reptile``: mean_u ½‖φ₀ − φ_u‖² with the adapted weights held constant, whose gradient
   φ₀ − mean_u φ_u makes an SGD step of size ε the Reptile update φ₀ ← φ₀ + ε (mean_u φ_u − φ₀)
   (with Adam, as the recipe uses, it is the common "Reptile with Adam" variant);
   plus the query loss at the (constant) adapted weights, which trains only what is not
@@ -73,12 +73,16 @@ def inner_loop_settings(
 
 
 def reptile_surrogate(start: FastWeights, adapted: FastWeights) -> torch.Tensor:
-    """½‖φ₀ − mean_u φ_u‖² summed over weights; ``start`` holds (U, ·, ·) views of φ₀."""
+    """mean_u ½‖φ₀ − φ_u‖² over weights, φ_u held constant; ``start`` holds (U, ·, ·) views.
+
+    Its gradient is φ₀ − mean_u φ_u. Written as a mean over users (not ½‖φ₀ − mean_u φ_u‖²,
+    which has the same gradient) so that users sharded over ranks average correctly.
+    """
     total = torch.zeros(())
     for name, (start_a, start_b) in start.items():
         adapted_a, adapted_b = adapted[name]
-        total = total + 0.5 * ((start_a[0] - adapted_a.mean(dim=0).detach()) ** 2).sum()
-        total = total + 0.5 * ((start_b[0] - adapted_b.mean(dim=0).detach()) ** 2).sum()
+        total = total + 0.5 * ((start_a - adapted_a.detach()) ** 2).sum(dim=(1, 2)).mean()
+        total = total + 0.5 * ((start_b - adapted_b.detach()) ** 2).sum(dim=(1, 2)).mean()
     return total
 
 
