@@ -199,19 +199,13 @@ class MetaTrainRecipe:
         Each rank scores every ``world_size``-th user; sums and counts are added up over ranks.
         """
         self.model.eval()
-        mine = cases[: self.config.valid_users][self.rank :: self.world_size]
+        cases = cases[: self.config.valid_users]
+        # under ZeRO-3 every rank scores every user: ranks must make the same calls while
+        # the weights are gathered, and the sums below come out the same
+        mine = cases if self.engine.gathers_weights else cases[self.rank :: self.world_size]
         sums = {"count": float(len(mine))}
-        if mine:
-            batch = collate(
-                [case.history[-self.config.model.max_len :] for case in mine],
-                [case.relevant for case in mine],
-            )
-            for name, value in episode_losses(self.model, batch, meta, self.rates).items():
-                sums[f"valid_{name}"] = value * len(mine)
-            for label, steps in (("before", 0), ("after", meta.inner_steps)):
-                method = LLMRecommender(self.model, meta, self.rates, steps)
-                per_user = evaluate_cases(method.score, mine, (10,), name="meta-lora")
-                sums[f"valid_ndcg@10_{label}"] = float(per_user["ndcg@10"].sum())
+        with self.engine.gathered():
+            sums.update(self.validation_sums(mine, meta) if mine else {})
         names = [f"valid_{side}_loss_{label}" for side in ("support", "query")
                  for label in ("before", "after")]  # fmt: skip
         names += ["valid_ndcg@10_before", "valid_ndcg@10_after"]
@@ -220,6 +214,22 @@ class MetaTrainRecipe:
         if not self.config.distributed.activation_checkpointing:
             self.model.backbone.eval()  # frozen: its dropout (if any) stays off
         return {name: totals[name] / max(totals["count"], 1.0) for name in names}
+
+    def validation_sums(self, mine: list[UserCase], meta: MetaConfig) -> dict[str, float]:
+        """Sums over ``mine`` of the validation losses and ndcg@10."""
+        batch = collate(
+            [case.history[-self.config.model.max_len :] for case in mine],
+            [case.relevant for case in mine],
+        )
+        sums = {
+            f"valid_{name}": value * len(mine)
+            for name, value in episode_losses(self.model, batch, meta, self.rates).items()
+        }
+        for label, steps in (("before", 0), ("after", meta.inner_steps)):
+            method = LLMRecommender(self.model, meta, self.rates, steps)
+            per_user = evaluate_cases(method.score, mine, (10,), name="meta-lora")
+            sums[f"valid_ndcg@10_{label}"] = float(per_user["ndcg@10"].sum())
+        return sums
 
     def train(self) -> list[dict]:
         config = self.config
