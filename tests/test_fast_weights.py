@@ -9,6 +9,7 @@ from peft import LoraConfig, get_peft_model
 from metarec.errors import MetarecError
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
 from metarec.meta.inner_loop import adapt
+from metarec.models.activation_checkpointing import enable_activation_checkpointing
 from metarec.models.backbone import BackboneConfig, load_backbone
 from metarec.models.lora import (
     LoRAConfig,
@@ -104,7 +105,7 @@ def float64_setup():
 
         return loss
 
-    return layers, loss_on(support), loss_on(query)
+    return layers, loss_on(support), loss_on(query), base
 
 
 def meta_gradient(layers, support_loss, query_loss, algorithm, rates=None):
@@ -118,7 +119,7 @@ def meta_gradient(layers, support_loss, query_loss, algorithm, rates=None):
 
 
 def test_maml_meta_gradient_matches_finite_differences_and_differs_from_fomaml(float64_setup):
-    layers, support_loss, query_loss = float64_setup
+    layers, support_loss, query_loss, _ = float64_setup
     _, maml_grads = meta_gradient(layers, support_loss, query_loss, "maml")
     _, fomaml_grads = meta_gradient(layers, support_loss, query_loss, "fomaml")
     weight = next(iter(layers.values())).lora_A.weight
@@ -141,7 +142,7 @@ def test_maml_meta_gradient_matches_finite_differences_and_differs_from_fomaml(f
 
 
 def test_reptile_step_moves_init_towards_mean_adapted_weights(float64_setup):
-    layers, support_loss, query_loss = float64_setup
+    layers, support_loss, query_loss, _ = float64_setup
     parameters = [
         p for layer in layers.values() for p in (layer.lora_A.weight, layer.lora_B.weight)
     ]
@@ -160,7 +161,7 @@ def test_reptile_step_moves_init_towards_mean_adapted_weights(float64_setup):
 
 
 def test_metasgd_learning_rates_receive_gradients(float64_setup):
-    layers, support_loss, query_loss = float64_setup
+    layers, support_loss, query_loss, _ = float64_setup
     rates = MetaSGDRates(layers, inner_lr=0.3)
     config = MetaConfig(algorithm="metasgd", inner_steps=2)
     objective, _ = meta_objective(
@@ -177,3 +178,14 @@ def test_unmatched_target_modules_name_the_expected_ones():
     backbone = load_backbone(BackboneConfig(name="tiny-llama"))
     with pytest.raises(MetarecError, match=r"target_modules \['query'\].*q_proj"):
         inject_lora(backbone, LoRAConfig(target_modules=["query"]))
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+def test_activation_checkpointing_keeps_meta_gradients_exact(float64_setup, algorithm):
+    layers, support_loss, query_loss, backbone = float64_setup
+    objective, plain = meta_gradient(layers, support_loss, query_loss, algorithm)
+    assert enable_activation_checkpointing(backbone) == backbone.config.num_hidden_layers
+    recomputed_objective, recomputed = meta_gradient(layers, support_loss, query_loss, algorithm)
+    assert recomputed_objective.item() == pytest.approx(objective.item(), rel=1e-12)
+    for ours, reference in zip(recomputed, plain, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-12)

@@ -211,8 +211,7 @@ class MetaTrainRecipe:
         names += ["valid_ndcg@10_before", "valid_ndcg@10_after"]
         totals = all_reduce_sums({name: sums.get(name, 0.0) for name in [*names, "count"]})
         self.model.train()
-        if not self.config.distributed.activation_checkpointing:
-            self.model.backbone.eval()  # frozen: its dropout (if any) stays off
+        self.model.backbone.eval()  # frozen: its dropout (if any) stays off
         return {name: totals[name] / max(totals["count"], 1.0) for name in names}
 
     def validation_sums(self, mine: list[UserCase], meta: MetaConfig) -> dict[str, float]:

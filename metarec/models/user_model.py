@@ -109,7 +109,9 @@ class UserModel(nn.Module):
         inputs = self.input_projection(vectors[items])
         positions = torch.arange(items.shape[1], device=items.device)
         mask = (positions[None, :] < lengths[:, None]).long()
-        hidden = self.backbone(inputs_embeds=inputs, attention_mask=mask).last_hidden_state
+        # no KV cache: nothing is generated, and a recomputed layer would append to it twice
+        output = self.backbone(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
+        hidden = output.last_hidden_state
         return self.output_projection(hidden)
 
     def scores(self, states: torch.Tensor) -> torch.Tensor:
