@@ -158,7 +158,8 @@ class MetaTrainRecipe:
         self.step = 0
         self.best = -1.0
         self.position = {"stage": 0, "epoch": 0, "batch": 0, "stage_started": False}
-        self.epoch_rng_state: dict | None = None
+        self.epoch_rng_state: dict | None = None  # set while an epoch is under way
+        self.epoch_losses: list[float] = []
 
     def plan(self) -> list[tuple[str, MetaConfig, int, TrainConfig]]:
         """The stages to run: (name, meta config, epochs, config its checkpoint records)."""
@@ -231,7 +232,6 @@ class MetaTrainRecipe:
         return sums
 
     def train(self) -> list[dict]:
-        config = self.config
         for index, (stage, meta, epochs, saved_as) in enumerate(self.stages):
             if index < self.position["stage"]:
                 continue
@@ -239,35 +239,42 @@ class MetaTrainRecipe:
             if not self.position["stage_started"]:
                 self.start_stage(index, stage, meta, saved_as)
             for epoch in range(self.position["epoch"], epochs):
-                if self.epoch_rng_state is not None:  # resuming inside this epoch
-                    self.rng.bit_generator.state = self.epoch_rng_state
-                self.epoch_rng_state = self.rng.bit_generator.state
-                episodes = sample_episodes(
-                    self.split.train_sequences, config.support_sizes, config.query_size, self.rng
-                )
-                # every step has users_per_batch users, so ranks always get equal shares
-                n_batches = len(episodes) // config.users_per_batch
-                started, losses = time.perf_counter(), []
-                batches = range(self.position["batch"], n_batches)
-                desc = f"{stage} epoch {epoch + 1}"
-                for batch_index in tqdm(batches, desc=desc, unit="step", disable=not self.is_main):
-                    start = batch_index * config.users_per_batch
-                    losses.append(self.meta_step(episodes[start : start + config.users_per_batch]))
-                    self.position.update(epoch=epoch, batch=batch_index + 1)
-                    self.maybe_save_state()
-                metrics = {
-                    "epoch": epoch + 1,
-                    "objective": float(np.mean(losses)) if losses else float("nan"),
-                    "users_per_s": len(losses)
-                    * config.users_per_batch
-                    / max(time.perf_counter() - started, 1e-9),
-                    **self.validate(self.split.valid, meta),
-                }
-                self.end_epoch(stage, metrics, saved_as)
-                self.position.update(epoch=epoch + 1, batch=0)
-                self.epoch_rng_state = None
+                self.run_epoch(stage, meta, epoch, saved_as)
             self.position = {"stage": index + 1, "epoch": 0, "batch": 0, "stage_started": False}
         return self.history
+
+    def run_epoch(self, stage: str, meta: MetaConfig, epoch: int, saved_as: TrainConfig) -> None:
+        """One episode per training user, one meta step per batch of them, then validation."""
+        config = self.config
+        if self.epoch_rng_state is None:  # a fresh epoch (not one resumed halfway)
+            self.epoch_rng_state = self.rng.bit_generator.state
+            self.epoch_losses = []
+        self.rng.bit_generator.state = self.epoch_rng_state
+        episodes = sample_episodes(
+            self.split.train_sequences, config.support_sizes, config.query_size, self.rng
+        )
+        # every step has users_per_batch users, so ranks always get equal shares
+        n_batches = len(episodes) // config.users_per_batch
+        started, steps_before = time.perf_counter(), len(self.epoch_losses)
+        batches = range(self.position["batch"], n_batches)
+        desc = f"{stage} epoch {epoch + 1}"
+        for batch_index in tqdm(batches, desc=desc, unit="step", disable=not self.is_main):
+            start = batch_index * config.users_per_batch
+            self.epoch_losses.append(
+                self.meta_step(episodes[start : start + config.users_per_batch])
+            )
+            self.position.update(epoch=epoch, batch=batch_index + 1)
+            self.maybe_save_state()
+        steps_now = len(self.epoch_losses) - steps_before
+        metrics = {
+            "epoch": epoch + 1,
+            "objective": float(np.mean(self.epoch_losses)),
+            "users_per_s": steps_now * config.users_per_batch / (time.perf_counter() - started),
+            **self.validate(self.split.valid, meta),
+        }
+        self.end_epoch(stage, metrics, saved_as)
+        self.position.update(epoch=epoch + 1, batch=0)
+        self.epoch_rng_state = None
 
     def start_stage(self, index: int, stage: str, meta: MetaConfig, saved_as: TrainConfig) -> None:
         """Set the stage's learning rate; the meta stage first validates where it starts."""
@@ -344,7 +351,7 @@ class MetaTrainRecipe:
                 "step": self.step,
                 "position": self.position,
                 "epoch_rng_state": self.epoch_rng_state,
-                "rng_state": self.rng.bit_generator.state,
+                "epoch_losses": self.epoch_losses,
                 "torch_rng_state": torch.get_rng_state().tolist(),
                 "history": self.history,
                 "best": self.best,
@@ -366,7 +373,7 @@ class MetaTrainRecipe:
         self.step = client["step"]
         self.position = client["position"]
         self.epoch_rng_state = client["epoch_rng_state"]
-        self.rng.bit_generator.state = client["rng_state"]
+        self.epoch_losses = client["epoch_losses"]
         torch.set_rng_state(torch.tensor(client["torch_rng_state"], dtype=torch.uint8))
         self.history = client["history"]
         self.best = client["best"]
