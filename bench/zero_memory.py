@@ -24,11 +24,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def peak_rss_mib() -> float:
+def _status_mib(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rss_mib() -> float:
+    return _status_mib("VmHWM")
+
+
+def current_rss_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -60,6 +68,7 @@ def worker(args: argparse.Namespace) -> None:
     )
     recipe = MetaTrainRecipe(config, int(os.environ["WORLD_SIZE"]))
     recipe.setup()
+    setup_rss = current_rss_mib()
     episodes = sample_episodes(
         recipe.split.train_sequences, [args.support], 10, np.random.default_rng(0)
     )
@@ -76,6 +85,7 @@ def worker(args: argparse.Namespace) -> None:
     tokens = args.steps * (args.users // recipe.world_size) * args.support * 3
     row = {
         "rank": recipe.rank,
+        "rss_after_setup_mib": setup_rss,
         "peak_rss_mib": peak_rss_mib(),
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20
         if torch.cuda.is_available()
@@ -95,10 +105,11 @@ def launch(args: argparse.Namespace, ranks: int) -> list[dict]:
         command = [
             str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", str(ranks),
             __file__, "--worker", "--output", output, "--data-dir", str(args.data_dir),
-            "--cache-dir", str(args.cache_dir), "--layers", str(args.layers),
-            "--users", str(args.users), "--support", str(args.support),
-            "--steps", str(args.steps),
+            "--cache-dir", str(args.cache_dir), "--users", str(args.users),
+            "--support", str(args.support), "--steps", str(args.steps),
         ]  # fmt: skip
+        if args.layers:
+            command += ["--layers", str(args.layers)]
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks))}
         subprocess.run(command, check=True, env=env)
         return json.loads(Path(output, "ranks.json").read_text())
@@ -120,12 +131,15 @@ def main() -> None:
         worker(args)
         return
     results = {ranks: launch(args, ranks) for ranks in (1, 2)}
-    print("| ranks | rank | peak RSS MiB | CUDA peak MiB | tokens/s | s/step |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| ranks | rank | RSS after setup MiB | peak RSS MiB | CUDA peak MiB | tokens/s | s/step |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for ranks, rows in results.items():
         for row in rows:
             cuda = "–" if row["cuda_peak_mib"] is None else f"{row['cuda_peak_mib']:.0f}"
-            print(f"| {ranks} | {row['rank']} | {row['peak_rss_mib']:.0f} | {cuda} | "
+            print(f"| {ranks} | {row['rank']} | {row['rss_after_setup_mib']:.0f} | "
+                  f"{row['peak_rss_mib']:.0f} | {cuda} | "
                   f"{row['tokens_per_s']:.0f} | {row['step_s']:.2f} |")  # fmt: skip
     ratio = max(r["peak_rss_mib"] for r in results[2]) / results[1][0]["peak_rss_mib"]
     print(f"\nper-rank peak RSS, 2 ranks / 1 rank: {ratio:.2f}")
