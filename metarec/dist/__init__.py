@@ -1,0 +1,1 @@
+"""Distributed training: DeepSpeed/Accelerate configs and the training engine."""

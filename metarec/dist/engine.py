@@ -1,0 +1,284 @@
+"""The training engine: one meta step on this rank's users, under plain PyTorch or DeepSpeed.
+
+The recipe hands the engine the users of a global meta step; the engine keeps this rank's
+share, splits it into micro batches, runs forward/backward and the optimiser step, and
+returns the objective averaged over all ranks. Two implementations behind one interface:
+
+- `LocalEngine`: torch Adam; with several processes (``torchrun``) it averages gradients
+  with an all-reduce before the step, so N ranks compute exactly what one would.
+- `DeepSpeedEngine`: ``deepspeed.initialize`` with a resolved ``ds_configs/*.json``
+  (ZeRO-2 partitions optimizer state and gradients; ZeRO-3 also the backbone and the
+  LoRA initialisation). The meta objective runs inside the engine's forward
+  (`MetaStepModule`), where ZeRO-3 gathers each layer's weights as the inner loop reaches
+  it; the few tensors the inner loop reads directly (the LoRA initialisation, id
+  embeddings, Meta-SGD rates) are registered as the module's external parameters.
+
+Resumable state (`save_state` / `load_state`) is model + optimiser for exact resumption;
+the recipe adds the data position and RNG states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from metarec.data.episodes import EpisodeBatch, collate
+from metarec.dist.ds_config import load_ds_config, micro_batch_size, resolve_ds_config
+from metarec.errors import ConfigError
+from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
+from metarec.meta.personalise import query_loss_fn, support_loss_fn
+from metarec.models.activation_checkpointing import enable_activation_checkpointing
+from metarec.models.lora import initial_fast_weights
+from metarec.models.user_model import UserModel
+
+Episode = tuple  # (support items, query items), numpy arrays
+
+
+@dataclass
+class DistributedConfig:
+    """How a run is spread over processes; the process count comes from the launcher."""
+
+    deepspeed_config: Path | None = None  # e.g. ds_configs/zero3.json; None: plain PyTorch
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (DeepSpeed only)
+    gradient_accumulation_steps: int = 1
+    gradient_clipping: float = 0.0  # 0: off
+    activation_checkpointing: bool = False
+    backend: str = "auto"  # torch.distributed backend; auto: nccl with CUDA, else gloo
+
+
+class MetaStepModule(nn.Module):
+    """The meta objective of a batch of users as a forward pass (what DeepSpeed wraps)."""
+
+    def __init__(self, model: UserModel, meta: MetaConfig, rates: MetaSGDRates | None) -> None:
+        super().__init__()
+        self.model = model
+        self.rates = rates
+        self.meta = meta
+
+    def directly_read_parameters(self) -> list[nn.Parameter]:
+        """Parameters used outside their own module's forward (ZeRO-3 must gather them)."""
+        params = [self.model.id_embedding.weight]
+        for layer in self.model.lora_layers.values():
+            params += [layer.lora_A.weight, layer.lora_B.weight]
+        if self.rates is not None:
+            params += list(self.rates.parameters())
+        return params
+
+    def forward(
+        self, support: torch.Tensor, support_lengths: torch.Tensor, query: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean meta objective over the batch (see `metarec.meta.algorithms`)."""
+        batch = EpisodeBatch(support, support_lengths, query)
+        excluded = batch.support_excluded(self.model.id_embedding.num_embeddings)
+        objective, _ = meta_objective(
+            self.meta,
+            support_loss_fn(self.model, batch),
+            query_loss_fn(self.model, batch, excluded),
+            initial_fast_weights(self.model.lora_layers, len(support)),
+            self.rates,
+        )
+        return objective
+
+
+def init_process_group(config: DistributedConfig, launched_world_size: int) -> None:
+    """Join the launcher's process group (env:// rendezvous) when there is one.
+
+    ``launched_world_size`` is what the launcher said (``WORLD_SIZE``, read by the entry
+    point); DeepSpeed needs a process group even for a single process.
+    """
+    if dist.is_initialized():
+        return
+    if launched_world_size > 1 or config.deepspeed_config is not None:
+        backend = config.backend
+        if backend == "auto":
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+
+
+class LocalEngine:
+    """Adam on every rank's full copy; gradients averaged across ranks before each step."""
+
+    def __init__(self, module: MetaStepModule, outer_lr: float, config: DistributedConfig):
+        if config.precision != "fp32":
+            raise ConfigError(
+                f"distributed.precision={config.precision} needs a DeepSpeed config "
+                "(distributed.deepspeed_config, e.g. ds_configs/zero2.json)"
+            )
+        self.module = module
+        self.config = config
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=outer_lr)
+        self.gathers_weights = False
+
+    def objective(self, batch: EpisodeBatch) -> torch.Tensor:
+        return self.module(batch.support, batch.support_lengths, batch.query)
+
+    def param_groups(self) -> list[dict]:
+        return self.optimizer.param_groups
+
+    def train_step(self, micro_batches: list[EpisodeBatch]) -> float:
+        self.optimizer.zero_grad()
+        total = 0.0
+        for batch in micro_batches:
+            loss = self.objective(batch) / len(micro_batches)
+            loss.backward()
+            total += loss.item()
+        if self.world_size > 1:
+            for param in self.params:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                dist.all_reduce(param.grad)
+                param.grad /= self.world_size
+        if self.config.gradient_clipping > 0:
+            nn.utils.clip_grad_norm_(self.params, self.config.gradient_clipping)
+        self.optimizer.step()
+        return total
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[None]:
+        yield
+
+    def save_state(self, folder: Path) -> None:
+        """Trainable weights (safetensors) and Adam state (tensors only) into ``folder``."""
+        names = {id(p): name for name, p in self.module.named_parameters()}
+        weights = {names[id(p)]: p.detach().contiguous() for p in self.params}
+        save_file(weights, str(folder / "trainable.safetensors"))
+        torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+
+    def load_state(self, folder: Path) -> None:
+        weights = load_file(str(folder / "trainable.safetensors"))
+        with torch.no_grad():
+            for name, param in self.module.named_parameters():
+                if name in weights:
+                    param.copy_(weights[name])
+        state = torch.load(folder / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(state)
+
+
+class DeepSpeedEngine:
+    """``deepspeed.initialize`` around `MetaStepModule`; DeepSpeed averages and steps."""
+
+    def __init__(
+        self,
+        module: MetaStepModule,
+        outer_lr: float,
+        config: DistributedConfig,
+        users_per_batch: int,
+    ) -> None:
+        import deepspeed
+
+        self.deepspeed = deepspeed
+        world_size = dist.get_world_size()
+        ds_config = resolve_ds_config(
+            load_ds_config(config.deepspeed_config),
+            users_per_batch=users_per_batch,
+            world_size=world_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            outer_lr=outer_lr,
+            gradient_clipping=config.gradient_clipping,
+            precision=config.precision,
+            where=str(config.deepspeed_config),
+        )
+        self.stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        self.gathers_weights = self.stage == 3  # see `gathered`
+        if self.stage == 3 and module.meta.algorithm in ("maml", "metasgd"):
+            raise ConfigError(
+                f"meta.algorithm={module.meta.algorithm} under ZeRO-3: second-order "
+                "meta-gradients differentiate the inner gradients again after ZeRO-3 has "
+                "released the layer weights; use ZeRO-2 or a first-order algorithm "
+                "(fomaml, reptile, proximal)"
+            )
+        self.module = module
+        self.rank = dist.get_rank()
+        self.world_size = world_size
+        params = [p for p in module.parameters() if p.requires_grad]
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=module, model_parameters=params, config=ds_config
+        )
+        if self.stage == 3:
+            for param in module.directly_read_parameters():
+                deepspeed.zero.register_external_parameter(module, param)
+
+    def objective(self, batch: EpisodeBatch) -> torch.Tensor:
+        return self.engine(batch.support, batch.support_lengths, batch.query)
+
+    def param_groups(self) -> list[dict]:
+        return self.engine.optimizer.param_groups
+
+    def train_step(self, micro_batches: list[EpisodeBatch]) -> float:
+        total = 0.0
+        for batch in micro_batches:
+            loss = self.objective(batch)
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed only steps at the accumulation boundary
+            total += loss.item() / len(micro_batches)
+        return total
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[None]:
+        """Full weights on every rank (ZeRO-3 gathers them; a no-op otherwise)."""
+        if self.stage != 3:
+            yield
+            return
+        params = list(self.module.parameters())
+        with self.deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            yield
+
+    def save_state(self, folder: Path) -> None:
+        """Every rank writes its shards of model and optimiser into ``folder``."""
+        self.engine.save_checkpoint(str(folder.parent), tag=folder.name, save_latest=False)
+
+    def load_state(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(
+            str(folder.parent), tag=folder.name, load_optimizer_states=True
+        )
+        if path is None:
+            raise ConfigError(f"{folder}: DeepSpeed found no checkpoint to load")
+
+
+def build_engine(
+    module: MetaStepModule, outer_lr: float, config: DistributedConfig, users_per_batch: int
+) -> LocalEngine | DeepSpeedEngine:
+    """The engine ``config`` asks for (after `init_process_group`)."""
+    if config.gradient_accumulation_steps < 1:
+        raise ConfigError("distributed.gradient_accumulation_steps must be at least 1")
+    if config.activation_checkpointing:
+        enable_activation_checkpointing(module.model.backbone)
+    if config.deepspeed_config is not None:
+        return DeepSpeedEngine(module, outer_lr, config, users_per_batch)
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    micro_batch_size(users_per_batch, world_size, config.gradient_accumulation_steps)
+    return LocalEngine(module, outer_lr, config)
+
+
+def rank_micro_batches(
+    episodes: list[Episode], rank: int, world_size: int, accumulation: int
+) -> list[EpisodeBatch]:
+    """This rank's micro batches of one global meta step's episodes.
+
+    The step's users are cut into ``world_size * accumulation`` equal consecutive chunks;
+    micro batch m of rank r is chunk ``m * world_size + r``.
+    """
+    chunks = world_size * accumulation
+    size = len(episodes) // chunks
+    mine = [episodes[(m * world_size + rank) * size :][:size] for m in range(accumulation)]
+    return [collate([s for s, _ in part], [q for _, q in part]) for part in mine]
+
+
+def all_reduce_sums(values: dict[str, float]) -> dict[str, float]:
+    """Each value summed over all ranks (unchanged in a single process)."""
+    if not dist.is_initialized():
+        return dict(values)
+    names = sorted(values)
+    tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return dict(zip(names, tensor.tolist(), strict=True))
