@@ -7,7 +7,8 @@ same global batch for each rank count, resets each process's peak-RSS counter on
 model is built and sharded, runs a few meta steps, and reports the peak resident memory
 (and CUDA peak allocation when on GPU) and tokens/s of every rank. The ratio is the
 2-rank per-rank peak over the 1-rank peak; ZeRO-3 should bring it towards 0.5 as the
-backbone dominates.
+backbone dominates. The ranks run with a fixed glibc mmap threshold (``--mmap-threshold``)
+so that freed gather buffers go back to the system instead of staying in the heap.
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ def launch(args: argparse.Namespace, ranks: int) -> list[dict]:
         if args.layers:
             command += ["--layers", str(args.layers)]
         env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks))}
+        if args.mmap_threshold > 0:
+            # glibc otherwise raises its mmap threshold after the first large free and then
+            # keeps every freed ZeRO-3 gather buffer in the heap: RSS grows with each layer
+            env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
         subprocess.run(command, check=True, env=env)
         return json.loads(Path(output, "ranks.json").read_text())
 
@@ -123,6 +128,10 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=8, help="global users per meta step")
     parser.add_argument("--support", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--mmap-threshold", type=int, default=65536,
+        help="glibc MALLOC_MMAP_THRESHOLD_ for the ranks (0: the allocator's default)",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
