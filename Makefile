@@ -23,7 +23,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(PY) bench/coldstart_llm.py --config configs/quick.yaml --run-dir runs/demo \
-		--baselines pop,itemknn,ease --json runs/demo/table.json
+		--baselines pop,itemknn,ease --protocols coldstart --json runs/demo/table.json
 
 test: setup
 	$(PY) -m pytest -q
