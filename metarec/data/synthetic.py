@@ -41,7 +41,8 @@ def synthetic_raw(
     rows = []
     for user in range(n_users):
         tastes = rng.choice(n_topics, size=2, replace=False)
-        direction = -1 if rng.random() < reverse_fraction else 1
+        # drawn only when asked for, so reverse_fraction=0 keeps earlier seeds' datasets
+        direction = -1 if reverse_fraction > 0 and rng.random() < reverse_fraction else 1
         available = sum(len(items_by_topic[topic]) for topic in tastes)
         length = min(int(rng.integers(min_length, max_length + 1)), available)
         seen: list[int] = []
