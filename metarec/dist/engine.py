@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
@@ -38,7 +39,7 @@ from metarec.models.activation_checkpointing import enable_activation_checkpoint
 from metarec.models.lora import initial_fast_weights
 from metarec.models.user_model import UserModel
 
-Episode = tuple  # (support items, query items), numpy arrays
+Episode = tuple[np.ndarray, np.ndarray]  # (support items, query items)
 
 
 @dataclass
