@@ -6,7 +6,6 @@ final name, so a later run cannot mistake half a zip for the dataset.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import tempfile
@@ -16,15 +15,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from metarec.errors import DataError, MetarecError
-
-
-def sha256_of(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+from metarec.hashing import sha256_of
 
 
 def download_verified(url: str, sha256: str, destination: Path, timeout_s: float = 60.0) -> Path:

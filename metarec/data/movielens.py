@@ -15,10 +15,11 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from metarec.atomic import atomic_dir
-from metarec.data.download import download_verified, sha256_of
+from metarec.data.download import download_verified
 from metarec.data.raw import RawData
 from metarec.data.tables import Column, read_separated
 from metarec.errors import DataError, MetarecError
+from metarec.hashing import sha256_of
 
 ENCODING = "iso-8859-1"
 

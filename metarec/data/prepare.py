@@ -13,11 +13,11 @@ from pathlib import Path
 
 from metarec.data.custom import load_custom
 from metarec.data.dataset import Dataset
-from metarec.data.download import sha256_of
 from metarec.data.movielens import RELEASES, load_movielens, locate
 from metarec.data.preprocess import PreprocessOptions, preprocess
 from metarec.data.raw import RawData
 from metarec.errors import ConfigError
+from metarec.hashing import sha256_of
 
 
 @dataclass

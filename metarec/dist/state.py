@@ -13,13 +13,13 @@ changed fails its manifest and is skipped, with a message, in favour of the one 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from metarec.hashing import sha256_of
 from metarec.errors import MetarecError
 
 MANIFEST = "manifest.json"
@@ -34,14 +34,6 @@ def staging_folder(root: Path, step: int) -> Path:
     return root / f".step-{step:08d}.tmp"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
@@ -49,7 +41,7 @@ def _files(folder: Path) -> list[Path]:
 def commit(staging: Path, final: Path, client: dict[str, Any]) -> None:
     """Write ``client.json`` and the manifest into ``staging``, then rename it to ``final``."""
     (staging / CLIENT).write_text(json.dumps(client))
-    manifest = {str(p.relative_to(staging)): _sha256(p) for p in _files(staging)}
+    manifest = {str(p.relative_to(staging)): sha256_of(p) for p in _files(staging)}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
     if final.exists():
         shutil.rmtree(final)
@@ -66,7 +58,7 @@ def check(folder: Path) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != expected:
+        if sha256_of(path) != expected:
             return f"{name} does not match its SHA-256 in {MANIFEST} (truncated or changed)"
     unlisted = [str(p.relative_to(folder)) for p in _files(folder)]
     extra = sorted(set(unlisted) - set(manifest))

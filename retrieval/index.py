@@ -1,0 +1,167 @@
+"""FAISS indexes over item vectors: build, save as a validated folder, load, search.
+
+An index folder holds::
+
+    index.faiss      the FAISS index (inner product over the vectors as given)
+    item_ids.npy     row -> item id (int64)
+    metadata.json    kind, options, dimension, metric, item count, encoder, and the
+                     SHA-256 of the two files above
+
+`load_index` checks every field against the files and refuses a mismatch, so a folder
+that was truncated, edited, or built for another encoder never answers queries. GPU
+FAISS is used when ``faiss.get_num_gpus() > 0`` (the index is moved back to the CPU to
+be saved); otherwise everything runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from metarec.atomic import atomic_dir
+from metarec.errors import ConfigError, MetarecError
+from metarec.hashing import sha256_of
+
+KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+
+
+@dataclass
+class IndexConfig:
+    """Which FAISS index to build and its knobs (unused ones are ignored by a kind)."""
+
+    kind: str = "flat"
+    nlist: int = 1024  # ivf, ivfpq: number of coarse clusters
+    nprobe: int = 32  # ivf, ivfpq: clusters visited per query
+    pq_m: int = 16  # ivfpq: sub-quantisers (must divide the dimension)
+    pq_bits: int = 8  # ivfpq: bits per sub-quantiser code
+    hnsw_m: int = 32  # hnsw: neighbours per node
+    ef_search: int = 128  # hnsw: search breadth
+    train_size: int = 100_000  # ivf, ivfpq: vectors sampled to train the quantisers
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"index kind {self.kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def build_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
+    """An inner-product index over ``vectors`` (N, d) float32, trained if the kind needs it."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or not np.isfinite(vectors).all():
+        raise MetarecError("item vectors must be a finite (N, d) array")
+    n, dimension = vectors.shape
+    if config.kind == "flat":
+        index = faiss.IndexFlatIP(dimension)
+    elif config.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dimension, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = config.ef_search
+    else:
+        quantizer = faiss.IndexFlatIP(dimension)
+        nlist = min(config.nlist, n)
+        if config.kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            if dimension % config.pq_m:
+                raise ConfigError(f"pq_m={config.pq_m} must divide the dimension {dimension}")
+            index = faiss.IndexIVFPQ(
+                quantizer, dimension, nlist, config.pq_m, config.pq_bits,
+                faiss.METRIC_INNER_PRODUCT,
+            )  # fmt: skip
+        rng = np.random.default_rng(config.seed)
+        sample = vectors[rng.choice(n, size=min(config.train_size, n), replace=False)]
+        index.train(sample)
+        index.nprobe = config.nprobe
+    if faiss.get_num_gpus() > 0 and config.kind != "hnsw":  # FAISS has no GPU HNSW
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(vectors)
+    return index
+
+
+def save_index(
+    folder: Path,
+    index: faiss.Index,
+    item_ids: np.ndarray,
+    config: IndexConfig,
+    encoder: str,
+) -> None:
+    """Write ``folder`` atomically: index, row -> item id map and checked metadata."""
+    if len(item_ids) != index.ntotal:
+        raise MetarecError(f"{len(item_ids)} item ids for an index of {index.ntotal} rows")
+    if faiss.get_num_gpus() > 0 and config.kind != "hnsw":  # built on GPU: save a CPU copy
+        index = faiss.index_gpu_to_cpu(index)
+    with atomic_dir(folder) as staging:
+        faiss.write_index(index, str(staging / "index.faiss"))
+        np.save(staging / "item_ids.npy", np.asarray(item_ids, dtype=np.int64))
+        metadata = {
+            "config": asdict(config),
+            "dimension": index.d,
+            "metric": "inner_product",
+            "items": int(index.ntotal),
+            "encoder": encoder,
+            "sha256": {name: sha256_of(staging / name) for name in ("index.faiss", "item_ids.npy")},
+        }
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
+
+
+@dataclass
+class LoadedIndex:
+    index: faiss.Index
+    item_ids: np.ndarray
+    metadata: dict
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item ids (Q, k) and scores (Q, k) for ``queries`` (Q, d); -1 = no item."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.index.d:
+            raise MetarecError(
+                f"queries of shape {queries.shape}: this index expects (Q, {self.index.d})"
+            )
+        scores, rows = self.index.search(queries, k)
+        ids = np.where(rows >= 0, self.item_ids[np.clip(rows, 0, None)], -1)
+        return ids, scores
+
+
+def load_index(folder: Path, encoder: str | None = None) -> LoadedIndex:
+    """Load an index folder, refusing any file or field that does not match the metadata."""
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise MetarecError(f"{folder / 'metadata.json'}: unreadable ({err})") from None
+    for name, expected in metadata.get("sha256", {}).items():
+        path = folder / name
+        if not path.is_file() or sha256_of(path) != expected:
+            raise MetarecError(f"{path}: missing or does not match its SHA-256 in metadata.json")
+    if set(metadata.get("sha256", {})) != {"index.faiss", "item_ids.npy"}:
+        raise MetarecError(
+            f"{folder / 'metadata.json'}: sha256 must list index.faiss and item_ids.npy"
+        )
+    index = faiss.read_index(str(folder / "index.faiss"))
+    item_ids = np.load(folder / "item_ids.npy", allow_pickle=False)
+    checks = {
+        "dimension": index.d,
+        "items": int(index.ntotal),
+        "metric": "inner_product" if index.metric_type == faiss.METRIC_INNER_PRODUCT else "other",
+    }
+    for field, actual in checks.items():
+        if metadata.get(field) != actual:
+            raise MetarecError(
+                f"{folder / 'metadata.json'}: {field} is {metadata.get(field)!r}, "
+                f"the index has {actual!r}"
+            )
+    if len(item_ids) != index.ntotal:
+        raise MetarecError(f"{folder}: {len(item_ids)} item ids for {index.ntotal} rows")
+    if encoder is not None and metadata.get("encoder") != encoder:
+        raise MetarecError(
+            f"{folder}: built with encoder {metadata.get('encoder')!r}, queries come from "
+            f"{encoder!r}"
+        )
+    config = IndexConfig(**metadata["config"])
+    if hasattr(index, "nprobe"):
+        index.nprobe = config.nprobe
+    if config.kind == "hnsw":
+        index.hnsw.efSearch = config.ef_search
+    return LoadedIndex(index, item_ids, metadata)
