@@ -1,1 +1,1 @@
-"""Candidate retrieval (FAISS index build and search) and batch rerank jobs (upcoming)."""
+"""Candidate retrieval: FAISS index folders (`index.py`); batch rerank jobs come next."""
