@@ -10,27 +10,12 @@ tensors the original forward used, which also keeps second-order MAML exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from metarec.errors import MetarecError
-from metarec.models.lora import BatchedLoRALinear
-
-
-@contextmanager
-def _bound(layers: list[BatchedLoRALinear], tensors: tuple[torch.Tensor, ...]) -> Iterator[None]:
-    previous = [layer.fast for layer in layers]
-    for index, layer in enumerate(layers):
-        layer.fast = (tensors[2 * index], tensors[2 * index + 1]) if tensors else None
-    try:
-        yield
-    finally:
-        for layer, fast in zip(layers, previous, strict=True):
-            layer.fast = fast
+from metarec.models.lora import BatchedLoRALinear, bind_fast_weights
 
 
 def checkpoint_layer(layer: nn.Module) -> None:
@@ -47,7 +32,10 @@ def checkpoint_layer(layer: nn.Module) -> None:
         fast = () if any(f is None for f in bound) else tuple(t for f in bound for t in f)
 
         def run(hidden: torch.Tensor, *fast_tensors: torch.Tensor):
-            with _bound(loras, fast_tensors):
+            if not fast_tensors:  # the shared weights: nothing to rebind
+                return original(hidden, *args, **kwargs)
+            pairs = {i: fast_tensors[2 * i : 2 * i + 2] for i in range(len(loras))}
+            with bind_fast_weights(dict(enumerate(loras)), pairs):
                 return original(hidden, *args, **kwargs)
 
         return checkpoint(run, hidden_states, *fast, use_reentrant=False)

@@ -129,14 +129,19 @@ def initial_fast_weights(layers: dict[str, BatchedLoRALinear], n_users: int) -> 
 
 @contextmanager
 def bind_fast_weights(layers: dict[str, BatchedLoRALinear], fast: FastWeights) -> Iterator[None]:
-    """Make ``layers`` use per-user ``fast`` weights inside the ``with`` block."""
+    """Make ``layers`` use per-user ``fast`` weights inside the ``with`` block.
+
+    Blocks nest: on exit each layer gets back whatever it used before (a recomputed
+    checkpointed layer binds inside the forward that bound it first).
+    """
+    previous = {name: layer.fast for name, layer in layers.items()}
     for name, layer in layers.items():
         layer.fast = fast[name]
     try:
         yield
     finally:
-        for layer in layers.values():
-            layer.fast = None
+        for name, layer in layers.items():
+            layer.fast = previous[name]
 
 
 def save_peft_adapter(
