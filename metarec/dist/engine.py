@@ -116,7 +116,8 @@ class LocalEngine:
         self.config = config
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
-        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.trainable = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        self.params = list(self.trainable.values())
         self.optimizer = torch.optim.Adam(self.params, lr=outer_lr)
         self.gathers_weights = False
 
@@ -133,12 +134,13 @@ class LocalEngine:
             loss = self.objective(batch) / len(micro_batches)
             loss.backward()
             total += loss.item()
-        if self.world_size > 1:
-            for param in self.params:
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-                dist.all_reduce(param.grad)
-                param.grad /= self.world_size
+        if self.world_size > 1:  # one all-reduce of all gradients, flattened
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            flat = torch.cat([grad.reshape(-1) for grad in grads])
+            dist.all_reduce(flat)
+            flat /= self.world_size
+            for param, averaged in zip(self.params, flat.split([p.numel() for p in self.params])):
+                param.grad = averaged.view_as(param)
         if self.config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(self.params, self.config.gradient_clipping)
         self.optimizer.step()
@@ -150,17 +152,15 @@ class LocalEngine:
 
     def save_state(self, folder: Path) -> None:
         """Trainable weights (safetensors) and Adam state (tensors only) into ``folder``."""
-        names = {id(p): name for name, p in self.module.named_parameters()}
-        weights = {names[id(p)]: p.detach().contiguous() for p in self.params}
+        weights = {name: p.detach().contiguous() for name, p in self.trainable.items()}
         save_file(weights, str(folder / "trainable.safetensors"))
         torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
 
     def load_state(self, folder: Path) -> None:
         weights = load_file(str(folder / "trainable.safetensors"))
         with torch.no_grad():
-            for name, param in self.module.named_parameters():
-                if name in weights:
-                    param.copy_(weights[name])
+            for name, param in self.trainable.items():
+                param.copy_(weights[name])
         state = torch.load(folder / "optimizer.pt", weights_only=True)
         self.optimizer.load_state_dict(state)
 
@@ -271,7 +271,8 @@ def rank_micro_batches(
     """
     chunks = world_size * accumulation
     size = len(episodes) // chunks
-    mine = [episodes[(m * world_size + rank) * size :][:size] for m in range(accumulation)]
+    starts = [(m * world_size + rank) * size for m in range(accumulation)]
+    mine = [episodes[start : start + size] for start in starts]
     return [collate([s for s, _ in part], [q for _, q in part]) for part in mine]
 
 
