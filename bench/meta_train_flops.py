@@ -21,10 +21,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from metarec.data.episodes import collate
-from metarec.meta.algorithms import MetaConfig, meta_objective
-from metarec.meta.personalise import query_loss_fn, support_loss_fn
+from metarec.dist.engine import MetaStepModule
+from metarec.meta.algorithms import MetaConfig
 from metarec.models.backbone import BackboneConfig, load_backbone
-from metarec.models.lora import LoRAConfig, initial_fast_weights
+from metarec.models.lora import LoRAConfig
 from metarec.models.user_model import UserModel, UserModelConfig
 
 
@@ -40,14 +40,9 @@ def matmul_peak(size: int = 2048, repeats: int = 10) -> float:
 
 
 def meta_step(model, meta, episodes, optimizer) -> None:
+    """One meta step exactly as the recipe takes it (`MetaStepModule`), plain Adam."""
     batch = collate([s for s, _ in episodes], [q for _, q in episodes])
-    excluded = batch.support_excluded(model.id_embedding.num_embeddings)
-    objective, _ = meta_objective(
-        meta,
-        support_loss_fn(model, batch),
-        query_loss_fn(model, batch, excluded),
-        initial_fast_weights(model.lora_layers, len(episodes)),
-    )
+    objective = MetaStepModule(model, meta, None)(batch.support, batch.support_lengths, batch.query)
     optimizer.zero_grad()
     objective.backward()
     optimizer.step()
