@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ def check(folder: Path) -> str | None:
     return None
 
 
-def latest_state(root: Path, report) -> tuple[Path, dict[str, Any]] | None:
+def latest_state(
+    root: Path, report: Callable[[str], None]
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest state under ``root`` that checks, and its client data.
 
     ``report(message)`` hears about every newer state that was refused, and why.
