@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from metarec.atomic import atomic_dir, recover
 from metarec.errors import MetarecError
+from metarec.hashing import sha256_of
 from metarec.models.lora import BatchedLoRALinear, LoRAConfig, load_peft_adapter, save_peft_adapter
 
 REQUIRED = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors",
@@ -68,3 +69,9 @@ def load_adapter_into(lora_layers: dict[str, BatchedLoRALinear], folder: Path) -
         load_peft_adapter(lora_layers, folder / "adapter")
     except (SafetensorError, OSError, RuntimeError) as err:  # RuntimeError: shape mismatch
         raise MetarecError(f"{folder / 'adapter'}: adapter is corrupt ({err})") from None
+
+
+def checkpoint_fingerprint(folder: Path) -> str:
+    """Names the trained item side of a checkpoint, for index folders built from it."""
+    read_checkpoint(folder)
+    return f"metarec:{sha256_of(folder / 'weights.safetensors')[:16]}"

@@ -7,6 +7,8 @@ It turns options into typed configs and calls the job; user-facing errors
     metarec evaluate --dataset ml-100k --protocol coldstart --support-size 10 \
         --methods pop,itemknn,sasrec --output results.json
     metarec train --config configs/tiny.yaml --output-dir runs/tiny --set meta.inner_lr=0.1
+    metarec index build --checkpoint runs/tiny --output runs/tiny/index --kind ivf
+    metarec rerank --checkpoint runs/tiny --index runs/tiny/index --output-dir runs/tiny/rerank
 """
 
 from __future__ import annotations
@@ -173,6 +175,119 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps(history[-1], indent=2))
 
 
+def _index_config(args: argparse.Namespace):
+    from retrieval.index import IndexConfig
+
+    return IndexConfig(
+        kind=args.kind,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        pq_m=args.pq_m,
+        pq_bits=args.pq_bits,
+        hnsw_m=args.hnsw_m,
+        ef_search=args.ef_search,
+        train_size=args.train_size,
+    )
+
+
+def cmd_index_build(args: argparse.Namespace) -> None:
+    from retrieval.catalogue import IndexBuildConfig, build_catalogue_index
+
+    _check_writable(args.output)
+    config = IndexBuildConfig(
+        output=args.output,
+        index=_index_config(args),
+        run=args.checkpoint,
+        data=_data_config(args),
+        vectors=args.vectors,
+        item_ids=args.item_ids,
+        encoder=args.encoder,
+        chunk_rows=args.chunk_rows,
+    )
+    print(json.dumps(build_catalogue_index(config), indent=2))
+
+
+def cmd_index_search(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from retrieval.catalogue import load_run
+    from retrieval.index import load_index
+    from retrieval.rerank import rerank_batch
+
+    if (args.queries is None) == (args.checkpoint is None):
+        raise MetarecError("index search: give --queries, or --checkpoint with --history")
+    if args.queries is not None:
+        index = load_index(args.index)
+        try:
+            queries = np.load(args.queries, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise MetarecError(f"{args.queries}: cannot read queries ({err})") from None
+        ids, scores = index.search(np.atleast_2d(queries), args.k)
+        answers = [
+            [{"item_id": int(i), "score": float(v)} for i, v in zip(row, values, strict=True)]
+            for row, values in zip(ids, scores, strict=True)
+        ]
+    else:
+        if not args.history:
+            raise MetarecError("index search --checkpoint needs --history ITEM,ITEM,...")
+        method, dataset, fingerprint = load_run(args.checkpoint, _data_config(args))
+        index = load_index(args.index, encoder=fingerprint)
+        index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
+        unknown = [item for item in args.history if item not in index_of]
+        if unknown:
+            raise MetarecError(f"--history: unknown item ids {unknown} in {dataset.name}")
+        history = np.array([index_of[item] for item in args.history], dtype=np.int64)
+        with method.model.frozen_item_vectors():
+            items, scores = rerank_batch(method, index, [history], args.k, args.k)
+        answers = [
+            [
+                {"item_id": int(dataset.item_ids[i]), "score": float(v),
+                 "text": dataset.item_text[i]}
+                for i, v in zip(items[0], scores[0], strict=True) if i >= 0
+            ]
+        ]  # fmt: skip
+    for number, answer in enumerate(answers):
+        print(f"query {number}:")
+        for rank, hit in enumerate(answer, start=1):
+            text = f"  {hit['text']}" if "text" in hit else ""
+            print(f"  {rank:3d}  {hit['item_id']:>10}  {hit['score']:9.4f}{text}")
+    if args.output:
+        _check_writable(args.output)
+        args.output.write_text(json.dumps(answers, indent=2))
+
+
+def cmd_rerank(args: argparse.Namespace) -> None:
+    from metarec.dist.engine import DistributedConfig, init_process_group
+    from retrieval.rerank import RerankConfig, run_rerank
+
+    _check_writable(args.output_dir / "job.json")
+    config = RerankConfig(
+        run=args.checkpoint,
+        index=args.index,
+        output_dir=args.output_dir,
+        data=_data_config(args),
+        histories=args.histories,
+        split_users=args.split_users,
+        support_size=args.support_size,
+        candidates=args.candidates,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        shard_users=args.shard_users,
+        inner_steps=args.inner_steps,
+    )
+    init_process_group(DistributedConfig(), int(os.environ.get("WORLD_SIZE", "1")))
+    manifest = run_rerank(config, kill_after_shards=args.kill_after_shards)
+    if manifest:
+        seconds = manifest["seconds_this_run"]
+        users = manifest["users_this_run"]
+        print(
+            f"{manifest['users']} users in {len(manifest['shards'])} shards, each once; "
+            f"this run scored {users} users in {seconds:.1f} s "
+            f"({users / max(seconds, 1e-9):.1f} users/s); "
+            f"wrote {args.output_dir / 'manifest.json'}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metarec", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +345,66 @@ def build_parser() -> argparse.ArgumentParser:
     # the deepspeed launcher passes --local_rank; ranks come from the environment instead
     train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     train.set_defaults(handler=cmd_train)
+
+    index = commands.add_parser("index", help="FAISS index over the catalogue")
+    index_commands = index.add_subparsers(dest="index_command", required=True)
+    build = index_commands.add_parser(
+        "build", help="encode the catalogue with a run's item side (or take --vectors) and index it"
+    )
+    _add_data_options(build)
+    build.add_argument("--checkpoint", type=Path, help="metarec train run dir")
+    build.add_argument("--vectors", type=Path, help="(N, d) float32 .npy instead of a run")
+    build.add_argument("--item-ids", type=Path, help="(N,) int64 .npy for --vectors")
+    build.add_argument("--encoder", default="external", help="name of --vectors' encoder")
+    build.add_argument("--output", type=Path, required=True, help="index folder to write")
+    build.add_argument("--chunk-rows", type=int, default=65536, help="rows encoded/added at once")
+    knobs = build.add_argument_group("index (retrieval/index.py)")
+    knobs.add_argument("--kind", choices=("flat", "ivf", "ivfpq", "hnsw"), default="flat")
+    knobs.add_argument("--nlist", type=int, default=1024, help="ivf*: coarse clusters")
+    knobs.add_argument("--nprobe", type=int, default=32, help="ivf*: clusters searched")
+    knobs.add_argument("--pq-m", type=int, default=16, help="ivfpq: sub-quantisers")
+    knobs.add_argument("--pq-bits", type=int, default=8, help="ivfpq: bits per code")
+    knobs.add_argument("--hnsw-m", type=int, default=32, help="hnsw: neighbours per node")
+    knobs.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
+    knobs.add_argument("--train-size", type=int, default=100_000, help="ivf*: training sample")
+    build.set_defaults(handler=cmd_index_build)
+
+    search = index_commands.add_parser("search", help="ad-hoc queries against an index folder")
+    _add_data_options(search)
+    search.add_argument("--index", type=Path, required=True)
+    search.add_argument("--queries", type=Path, help="(Q, d) float32 .npy of query vectors")
+    search.add_argument("--checkpoint", type=Path, help="run dir: adapt to --history and search")
+    search.add_argument("--history", type=_int_list, help="raw item ids, oldest first")
+    search.add_argument("--k", type=int, default=10)
+    search.add_argument("--output", type=Path, help="answers as JSON")
+    search.set_defaults(handler=cmd_index_search)
+
+    rerank = commands.add_parser(
+        "rerank", help="batch job: adapt users, retrieve, rescore, write top-K Parquet shards"
+    )
+    _add_data_options(rerank)
+    rerank.add_argument("--checkpoint", type=Path, required=True, help="metarec train run dir")
+    rerank.add_argument("--index", type=Path, required=True, help="built from that run")
+    rerank.add_argument("--output-dir", type=Path, required=True)
+    rerank.add_argument(
+        "--histories", type=Path, help="CSV/Parquet: user_id, item_id[, timestamp] (raw ids)"
+    )
+    rerank.add_argument(
+        "--split-users",
+        choices=("test", "valid"),
+        default="test",
+        help="without --histories: these users of the run's coldstart split",
+    )
+    rerank.add_argument("--support-size", type=int, default=10, help="with --split-users")
+    rerank.add_argument("--candidates", type=int, default=100, help="retrieved per user")
+    rerank.add_argument("--top-k", type=int, default=10, help="written per user")
+    rerank.add_argument("--batch-size", type=int, default=32, help="users adapted together")
+    rerank.add_argument("--shard-users", type=int, default=256, help="users per output shard")
+    rerank.add_argument("--inner-steps", type=int, help="default: the run's meta.inner_steps")
+    # fault injection for the exactly-once tests: SIGKILL after writing N shards
+    rerank.add_argument("--kill-after-shards", type=int, help=argparse.SUPPRESS)
+    rerank.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    rerank.set_defaults(handler=cmd_rerank)
     return parser
 
 

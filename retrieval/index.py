@@ -8,9 +8,13 @@ An index folder holds::
                      SHA-256 of the two files above
 
 `load_index` checks every field against the files and refuses a mismatch, so a folder
-that was truncated, edited, or built for another encoder never answers queries. GPU
-FAISS is used when ``faiss.get_num_gpus() > 0`` (the index is moved back to the CPU to
-be saved); otherwise everything runs on the CPU.
+that was truncated, edited, or built for another encoder never answers queries.
+
+Vectors may be a memory-mapped ``.npy`` larger than RAM: quantisers train on a sample
+and rows are added chunk by chunk (only an ``ivfpq`` index is then smaller than the
+vectors). With GPUs (``faiss.get_num_gpus() > 0``) the index is sharded over all of them
+(each holds a slice of the rows; a search merges their answers) and moved back to the
+CPU to be saved; otherwise everything runs on the CPU.
 """
 
 from __future__ import annotations
@@ -48,11 +52,21 @@ class IndexConfig:
             raise ConfigError(f"index kind {self.kind!r}: expected one of {', '.join(KINDS)}")
 
 
-def build_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
-    """An inner-product index over ``vectors`` (N, d) float32, trained if the kind needs it."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or not np.isfinite(vectors).all():
-        raise MetarecError("item vectors must be a finite (N, d) array")
+def _checked_rows(vectors: np.ndarray, start: int, stop: int) -> np.ndarray:
+    rows = np.ascontiguousarray(vectors[start:stop], dtype=np.float32)
+    if not np.isfinite(rows).all():
+        bad = start + int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+        raise MetarecError(f"item vector of row {bad} is not finite (NaN or infinite)")
+    return rows
+
+
+def build_index(vectors: np.ndarray, config: IndexConfig, chunk_rows: int = 65536) -> faiss.Index:
+    """An inner-product index over ``vectors`` (N, d), trained if the kind needs it.
+
+    ``vectors`` may be a memory map: it is read ``chunk_rows`` rows at a time.
+    """
+    if vectors.ndim != 2 or len(vectors) == 0:
+        raise MetarecError(f"item vectors of shape {vectors.shape}: expected a non-empty (N, d)")
     n, dimension = vectors.shape
     if config.kind == "flat":
         index = faiss.IndexFlatIP(dimension)
@@ -72,12 +86,18 @@ def build_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
                 faiss.METRIC_INNER_PRODUCT,
             )  # fmt: skip
         rng = np.random.default_rng(config.seed)
-        sample = vectors[rng.choice(n, size=min(config.train_size, n), replace=False)]
+        sample_rows = np.sort(rng.choice(n, size=min(config.train_size, n), replace=False))
+        sample = np.ascontiguousarray(vectors[sample_rows], dtype=np.float32)
+        if not np.isfinite(sample).all():
+            raise MetarecError("item vectors hold NaN or infinite values")
         index.train(sample)
         index.nprobe = config.nprobe
     if faiss.get_num_gpus() > 0 and config.kind != "hnsw":  # FAISS has no GPU HNSW
-        index = faiss.index_cpu_to_all_gpus(index)
-    index.add(vectors)
+        options = faiss.GpuMultipleClonerOptions()
+        options.shard = True
+        index = faiss.index_cpu_to_all_gpus(index, co=options)
+    for start in range(0, n, chunk_rows):
+        index.add(_checked_rows(vectors, start, start + chunk_rows))
     return index
 
 

@@ -24,7 +24,7 @@ INTERACTION_COLUMNS = [
 ITEM_COLUMNS = [Column("item_id", "int")]
 
 
-def _read_table(path: Path, columns: list[Column]) -> pd.DataFrame:
+def read_table(path: Path, columns: list[Column]) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(path, "file does not exist")
     if path.suffix.lower() in {".parquet", ".pq"}:
@@ -45,13 +45,13 @@ def _items_text(frame: pd.DataFrame) -> pd.Series:
 
 def load_custom(interactions_path: Path, items_path: Path | None = None, name: str = "custom"):
     """Read and validate a user's interactions (and items) tables into RawData."""
-    interactions = _read_table(interactions_path, INTERACTION_COLUMNS)
+    interactions = read_table(interactions_path, INTERACTION_COLUMNS)
     if "rating" not in interactions.columns:
         interactions["rating"] = float("nan")
     interactions = interactions[["user_id", "item_id", "timestamp", "rating", "line"]]
     items = None
     if items_path is not None:
-        table = _read_table(items_path, ITEM_COLUMNS)
+        table = read_table(items_path, ITEM_COLUMNS)
         items = pd.DataFrame(
             {"item_id": table["item_id"], "text": _items_text(table), "line": table["line"]}
         )

@@ -71,6 +71,24 @@ def episode_losses(
     return losses
 
 
+def adapted_states(
+    model: UserModel,
+    batch: EpisodeBatch,
+    meta: MetaConfig,
+    rates: MetaSGDRates | None = None,
+    inner_steps: int | None = None,
+) -> torch.Tensor:
+    """(U, item_dim) states after ``inner_steps`` (default ``meta.inner_steps``) support steps.
+
+    First order at test time: the inner gradients are only needed, not differentiated.
+    An item's score is the dot product of the state with its vector.
+    """
+    steps = meta.inner_steps if inner_steps is None else inner_steps
+    fast = adapt_batch(model, batch, meta, rates, steps)
+    with torch.no_grad():
+        return last_states(model, batch, fast)
+
+
 def adapted_scores(
     model: UserModel,
     batch: EpisodeBatch,
@@ -78,11 +96,7 @@ def adapted_scores(
     rates: MetaSGDRates | None = None,
     inner_steps: int | None = None,
 ) -> torch.Tensor:
-    """(U, N) scores after ``inner_steps`` (default ``meta.inner_steps``) support steps.
-
-    First order at test time: the inner gradients are only needed, not differentiated.
-    """
-    steps = meta.inner_steps if inner_steps is None else inner_steps
-    fast = adapt_batch(model, batch, meta, rates, steps)
+    """(U, N) catalogue scores from `adapted_states`."""
+    states = adapted_states(model, batch, meta, rates, inner_steps)
     with torch.no_grad():
-        return model.scores(last_states(model, batch, fast))
+        return model.scores(states)

@@ -105,9 +105,10 @@ class LLMRecommender(Recommender):
         """Adapt on, then score from, each history's most recent ``max_len`` items."""
         max_len = self.model.config.max_len
         chunks = []
-        for start in range(0, len(histories), self.batch_size):
-            part = [history[-max_len:] for history in histories[start : start + self.batch_size]]
-            batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part))
-            scores = adapted_scores(self.model, batch, self.meta, self.rates, self.inner_steps)
-            chunks.append(scores.to(torch.float32).numpy())
+        with self.model.frozen_item_vectors():
+            for start in range(0, len(histories), self.batch_size):
+                part = [h[-max_len:] for h in histories[start : start + self.batch_size]]
+                batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part))
+                scores = adapted_scores(self.model, batch, self.meta, self.rates, self.inner_steps)
+                chunks.append(scores.to(torch.float32).numpy())
         return np.concatenate(chunks)

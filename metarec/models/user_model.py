@@ -11,6 +11,8 @@ back to ``item_dim``, scores every item by dot product.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +68,7 @@ class UserModel(nn.Module):
         self.item_projection = nn.Linear(text_dim + config.id_dim, config.item_dim, dtype=dtype)
         self.input_projection = nn.Linear(config.item_dim, hidden, dtype=dtype)
         self.output_projection = nn.Linear(hidden, config.item_dim, dtype=dtype)
+        self.frozen_vectors: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -92,12 +95,34 @@ class UserModel(nn.Module):
             model.id_embedding.weight.data.copy_(torch.from_numpy(start))
         return model
 
-    def item_vectors(self) -> torch.Tensor:
-        """(N, item_dim) vectors of every catalogue item."""
-        parts = [self.id_embedding.weight]
-        if self.text_vectors is not None:
-            parts.insert(0, self.text_vectors)
-        return self.item_projection(torch.cat(parts, dim=1))
+    def item_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, item_dim) vectors of every catalogue item, or (*rows.shape, item_dim) of ``rows``."""
+        if self.frozen_vectors is not None:
+            return self.frozen_vectors if rows is None else self.frozen_vectors[rows]
+        if rows is None:
+            parts = [self.id_embedding.weight]
+            if self.text_vectors is not None:
+                parts.insert(0, self.text_vectors)
+        else:
+            parts = [self.id_embedding(rows)]
+            if self.text_vectors is not None:
+                parts.insert(0, self.text_vectors[rows])
+        return self.item_projection(torch.cat(parts, dim=-1))
+
+    @contextmanager
+    def frozen_item_vectors(self) -> Iterator[None]:
+        """Compute the catalogue's vectors once for a block that adapts and scores users.
+
+        Outside training the item side is constant, yet every forward of the inner loop
+        would project the whole catalogue again.
+        """
+        with torch.no_grad():
+            vectors = self.item_vectors()
+        self.frozen_vectors = vectors
+        try:
+            yield
+        finally:
+            self.frozen_vectors = None
 
     def states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(U, T, item_dim) user states after each position of right-padded (U, T) histories.

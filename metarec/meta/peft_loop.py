@@ -1,0 +1,74 @@
+"""The per-user path with a stock peft model: load the adapter, a few SGD steps, score.
+
+This is what one writes without metarec's stacked fast weights: one user at a time, the
+LoRA matrices reset from the run's saved peft adapter, ``inner_steps`` plain SGD steps on
+that user's next-item support loss, then scores for the user's candidates. It is the
+reference the batched path is checked against (tests) and the baseline it is timed
+against (``bench/rerank_throughput.py``). Only plain-learning-rate algorithms are
+supported: Meta-SGD's per-weight rates are not a torch optimiser.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from peft import PeftModel, set_peft_model_state_dict
+from safetensors.torch import load_file
+
+from metarec.errors import ConfigError
+from metarec.meta.algorithms import MetaConfig
+from metarec.meta.losses import next_item_losses
+from metarec.models.user_model import UserModel
+
+
+class PeftUserLoop:
+    """A copy of ``model`` whose backbone carries peft's LoRA instead of metarec's."""
+
+    def __init__(self, model: UserModel, adapter_dir: Path, meta: MetaConfig) -> None:
+        if meta.algorithm == "metasgd":
+            raise ConfigError("the peft loop has one learning rate; metasgd learns one per weight")
+        self.meta = meta
+        self.adapter_file = adapter_dir / "adapter_model.safetensors"
+        self.model = copy.deepcopy(model)
+        for name, layer in self.model.lora_layers.items():
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.model.backbone.get_submodule(parent_name), child, layer.base)
+        self.model.lora_layers = {}
+        # peft injects its layers into the backbone object in place, so `model.states` uses them
+        self.peft = PeftModel.from_pretrained(
+            self.model.backbone, str(adapter_dir), is_trainable=True
+        )
+        self.adapter = [p for p in self.peft.parameters() if p.requires_grad]
+
+    def _states(self, history: torch.Tensor) -> torch.Tensor:
+        """(1, T, item_dim) states of one user's (T,) history."""
+        return self.model.states(history[None], torch.tensor([len(history)]))
+
+    def adapted_state(self, history: np.ndarray, inner_steps: int) -> torch.Tensor:
+        """(item_dim,) state after the (T,) ``history``, once adapted to it from the adapter."""
+        set_peft_model_state_dict(self.peft, load_file(str(self.adapter_file)))
+        items = torch.tensor(history)
+        start = [p.detach().clone() for p in self.adapter]
+        optimizer = torch.optim.SGD(self.adapter, lr=self.meta.inner_lr)
+        for _ in range(inner_steps):
+            optimizer.zero_grad()
+            scores = self.model.scores(self._states(items))
+            loss = next_item_losses(scores, items[None], torch.tensor([len(items)])).sum()
+            if self.meta.algorithm == "proximal":  # λ·½‖φ − φ₀‖², as the batched inner loop
+                distance = sum(
+                    ((p - s) ** 2).sum() for p, s in zip(self.adapter, start, strict=True)
+                )
+                loss = loss + self.meta.proximal_strength * 0.5 * distance
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            return self._states(items)[0, -1]
+
+    def scores(self, state: torch.Tensor, candidates: np.ndarray) -> np.ndarray:
+        """(C,) scores of item indices ``candidates`` for an adapted ``state``."""
+        with torch.no_grad():
+            vectors = self.model.item_vectors(torch.from_numpy(candidates))
+            return (vectors @ state).float().numpy()

@@ -1,0 +1,271 @@
+"""The batch rerank job: adapt each user, retrieve candidates from the index, rescore them.
+
+For every batch of users: the batched inner loop adapts their fast weights on their
+histories (`metarec.meta.personalise.adapted_states`); the adapted state after the last
+history item queries the FAISS index for candidates; the history's own items are dropped;
+the remaining ``candidates`` are rescored exactly with the adapted model and the top
+``top_k`` written as ``(user_id, rank, item_id, score)`` Parquet rows (raw ids).
+
+Scoring reuses each user's encoded history: a candidate's score is the dot product of the
+state after the history with the candidate's vector, so the history runs through the
+backbone once per user (per inner step) however many candidates are scored, the way a KV
+cache serves a shared prefix. The rescoring matters with a lossy index (``ivfpq``), whose
+own scores are approximate.
+
+Under ``torchrun`` the fixed shards of `retrieval.shards` are dealt round-robin to the
+ranks; a rerun skips finished shards, and rank 0 ends the job with the exactly-once check.
+`metarec rerank` is the command (plain, or under ``torchrun --nproc_per_node N``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from metarec.atomic import atomic_file
+from metarec.data.custom import read_table
+from metarec.data.dataset import Dataset
+from metarec.data.episodes import collate
+from metarec.data.prepare import DataConfig
+from metarec.data.splits import coldstart_split
+from metarec.data.tables import Column
+from metarec.errors import ConfigError, MetarecError
+from metarec.hashing import sha256_of
+from metarec.meta.personalise import adapted_states
+from metarec.meta.recommender import LLMRecommender
+from retrieval.catalogue import load_run
+from retrieval.index import LoadedIndex, load_index
+from retrieval.shards import ShardStore
+
+HISTORY_COLUMNS = [
+    Column("user_id", "int"),
+    Column("item_id", "int"),
+    Column("timestamp", "int", required=False),
+]
+SPLIT_PARTS = ("test", "valid")
+
+
+@dataclass
+class RerankConfig:
+    """Which users, which model and index, and how the job is cut up."""
+
+    run: Path  # a metarec train run dir
+    index: Path  # an index folder built from that run (metarec index build)
+    output_dir: Path
+    data: DataConfig = field(default_factory=DataConfig)
+    histories: Path | None = None  # CSV/Parquet user_id, item_id[, timestamp] (raw ids)
+    split_users: str = "test"  # without histories: these users of the run's coldstart split
+    support_size: int = 10  # ... each given its first support_size items
+    candidates: int = 100  # retrieved from the index per user
+    top_k: int = 10  # written per user
+    batch_size: int = 32  # users adapted together
+    shard_users: int = 256  # users per output shard
+    inner_steps: int | None = None  # default: the run's meta.inner_steps
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.candidates:
+            raise ConfigError(f"top_k={self.top_k} must be between 1 and candidates")
+        if self.split_users not in SPLIT_PARTS:
+            raise ConfigError(f"split_users {self.split_users!r}: expected test or valid")
+
+
+@dataclass
+class UserInput:
+    """One user to rerank: raw id, history as item indices, and why it cannot be, if so."""
+
+    user_id: int
+    history: np.ndarray
+    problem: str | None = None
+
+
+def file_inputs(path: Path, dataset: Dataset) -> list[UserInput]:
+    """Users of a histories table, in order of first appearance; items in time order."""
+    table = read_table(path, HISTORY_COLUMNS)
+    if "timestamp" in table.columns:
+        table = table.sort_values(["timestamp", "line"], kind="stable")
+    index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
+    inputs = []
+    order = pd.unique(table["user_id"])
+    groups = table.groupby("user_id", sort=False)["item_id"]
+    histories = {user: items.to_numpy() for user, items in groups}
+    for user in order:
+        raw_items = histories[user]
+        unknown = [int(item) for item in raw_items if int(item) not in index_of]
+        history = np.array([index_of.get(int(item), -1) for item in raw_items], dtype=np.int64)
+        problem = f"unknown item ids {unknown[:5]} in {path}" if unknown else None
+        inputs.append(UserInput(int(user), history, problem))
+    return inputs
+
+
+def split_inputs(config: RerankConfig, trained_on: dict, dataset: Dataset) -> list[UserInput]:
+    """The run's own coldstart test (or validation) users, each with its support."""
+    if trained_on.get("protocol", "coldstart") != "coldstart":
+        raise ConfigError(f"{config.run}: not a coldstart run; pass --histories instead")
+    split = coldstart_split(
+        dataset.sequences(),
+        dataset.n_items,
+        config.support_size,
+        trained_on.get("query_size", 10),
+        trained_on.get("split_seed", 0),
+    )
+    cases = split.test if config.split_users == "test" else split.valid
+    return [UserInput(int(dataset.user_ids[case.user]), case.history) for case in cases]
+
+
+def rerank_batch(
+    method: LLMRecommender,
+    index: LoadedIndex,
+    histories: list[np.ndarray],
+    n_candidates: int,
+    top_k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``top_k`` item indices (U, k) and scores (U, k) of adapted users; -1 = none.
+
+    Ties in score go to the lower item index, as in full-catalogue evaluation.
+    """
+    model = method.model
+    batch = collate(histories, [np.empty(0, dtype=np.int64)] * len(histories))
+    states = adapted_states(model, batch, method.meta, method.rates, method.inner_steps)
+    widest = max(len(history) for history in histories)
+    found, _ = index.search(states.float().numpy(), n_candidates + widest)
+    candidates = np.full((len(histories), n_candidates), -1, dtype=np.int64)
+    for row, (items, history) in enumerate(zip(found, histories, strict=True)):
+        kept = items[(items >= 0) & ~np.isin(items, history)][:n_candidates]
+        candidates[row, : len(kept)] = kept
+    with torch.no_grad():
+        vectors = model.item_vectors(torch.from_numpy(candidates.clip(min=0)))
+        scores = torch.einsum("ud,und->un", states, vectors).float().numpy()
+    scores[candidates < 0] = -np.inf
+    order = np.lexsort((candidates, -scores), axis=1)[:, :top_k]
+    return np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
+
+
+def _shard_rows(
+    method: LLMRecommender,
+    index: LoadedIndex,
+    users: list[UserInput],
+    dataset: Dataset,
+    config: RerankConfig,
+    progress: tqdm,
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """One shard's output rows, and its users that could not be scored with the reason."""
+    max_len = method.model.config.max_len
+    failures = {str(user.user_id): user.problem for user in users if user.problem}
+    scorable = [user for user in users if str(user.user_id) not in failures]
+    frames = []
+    for start in range(0, len(scorable), config.batch_size):
+        part = scorable[start : start + config.batch_size]
+        histories = [user.history[-max_len:] for user in part]
+        items, scores = rerank_batch(method, index, histories, config.candidates, config.top_k)
+        for user, user_items, user_scores in zip(part, items, scores, strict=True):
+            real = user_items >= 0
+            if not np.isfinite(user_scores[real]).all():
+                failures[str(user.user_id)] = "non-finite scores after adaptation"
+                continue
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "user_id": user.user_id,
+                        "rank": np.arange(1, real.sum() + 1, dtype=np.int32),
+                        "item_id": dataset.item_ids[user_items[real]].astype(np.int64),
+                        "score": user_scores[real].astype(np.float32),
+                    }
+                )
+            )
+        progress.update(len(part))
+    progress.update(len(users) - len(scorable))
+    empty = pd.DataFrame({"user_id": [], "rank": [], "item_id": [], "score": []})
+    return (pd.concat(frames, ignore_index=True) if frames else empty), failures
+
+
+def _claim_output_dir(config: RerankConfig, job: dict, rank: int) -> None:
+    """Record the job in ``job.json``; a rerun must be the same job, not another one."""
+    path = config.output_dir / "job.json"
+    if rank == 0:
+        if path.is_file():
+            previous = json.loads(path.read_text())
+            if previous != job:
+                changed = sorted(k for k in job if previous.get(k) != job[k])
+                raise MetarecError(
+                    f"{config.output_dir} holds another job (differs in {changed}); "
+                    "use a new --output-dir"
+                )
+        else:
+            with atomic_file(path) as temporary:
+                temporary.write_text(json.dumps(job, indent=2))
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def run_rerank(config: RerankConfig, kill_after_shards: int | None = None) -> dict:
+    """Run (or finish) the job; returns the manifest (on rank 0; others return {}).
+
+    ``kill_after_shards`` SIGKILLs this process after it wrote that many shards (tests).
+    """
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    method, dataset, fingerprint = load_run(config.run, config.data)
+    if config.inner_steps is not None:
+        method.inner_steps = config.inner_steps
+    index = load_index(config.index, encoder=fingerprint)
+    if config.histories is not None:
+        inputs = file_inputs(config.histories, dataset)
+        source = {"histories": str(config.histories), "sha256": sha256_of(config.histories)}
+    else:
+        inputs = split_inputs(config, method.trained_on, dataset)
+        source = {"split_users": config.split_users, "support_size": config.support_size}
+    settings = asdict(config)
+    job = {
+        **{key: settings[key] for key in ("candidates", "top_k", "batch_size", "shard_users")},
+        "checkpoint": fingerprint,
+        "index_metadata": sha256_of(config.index / "metadata.json"),
+        "inner_steps": method.inner_steps,
+        "input": source,
+        "users": len(inputs),
+    }
+    _claim_output_dir(config, job, rank)
+    store = ShardStore(config.output_dir / "shards", len(inputs), config.shard_users)
+    mine = [s for s in range(rank, store.n_shards, world_size) if store.marker(s) is None]
+    started = time.perf_counter()
+    progress = tqdm(
+        total=sum(len(store.users_of(shard)) for shard in mine),
+        desc="rerank",
+        unit="user",
+        disable=rank != 0,
+    )
+    with method.model.frozen_item_vectors():
+        for done, shard in enumerate(mine, start=1):
+            users = [inputs[position] for position in store.users_of(shard)]
+            rows, failures = _shard_rows(method, index, users, dataset, config, progress)
+            store.write(shard, rows, failures)
+            if kill_after_shards == done:
+                os.kill(os.getpid(), signal.SIGKILL)
+    progress.close()
+    seconds = time.perf_counter() - started
+    if dist.is_initialized():
+        dist.barrier()
+    if rank != 0:
+        return {}
+    manifest = store.verify([user.user_id for user in inputs])
+    manifest["job"] = job
+    with atomic_file(config.output_dir / "manifest.json") as temporary:
+        temporary.write_text(json.dumps(manifest, indent=2))
+    manifest["seconds_this_run"] = seconds
+    manifest["users_this_run"] = progress.n
+    if manifest["failed"]:
+        named = "; ".join(f"{u}: {why}" for u, why in list(manifest["failed"].items())[:5])
+        raise MetarecError(
+            f"{len(manifest['failed'])} of {len(inputs)} users failed (all listed in "
+            f"{config.output_dir / 'manifest.json'}): {named}"
+        )
+    return manifest

@@ -1,0 +1,192 @@
+"""The index build and batch rerank jobs on a tiny trained run over synthetic users.
+
+The references are independent paths: full-catalogue scores from `LLMRecommender.score`,
+a stock peft model adapted user by user, and an uninterrupted single-process run.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec.cli import main
+from metarec.data.prepare import DataConfig, load_dataset
+from metarec.data.splits import coldstart_split
+from metarec.data.synthetic import synthetic_raw
+from metarec.meta.algorithms import MetaConfig
+from metarec.meta.peft_loop import PeftUserLoop
+from metarec.models.backbone import BackboneConfig
+from metarec.models.lora import LoRAConfig
+from metarec.models.user_model import UserModelConfig
+from retrieval.catalogue import IndexBuildConfig, build_catalogue_index, load_run
+from retrieval.index import IndexConfig, load_index
+from retrieval.rerank import rerank_batch
+from retrieval.shards import ShardStore
+from train.meta_train import TrainConfig, run
+
+REPO = Path(__file__).resolve().parents[1]
+SUPPORT, TOP_K = 5, 5
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny meta-trained run on 120 synthetic users, its data options and a flat index."""
+    folder = tmp_path_factory.mktemp("rerank")
+    raw = synthetic_raw(n_users=120, seed=4)
+    raw.interactions.drop(columns="line").to_csv(folder / "interactions.csv", index=False)
+    raw.items.drop(columns="line").to_csv(folder / "items.csv", index=False)
+    data = DataConfig(
+        dataset="custom",
+        interactions=folder / "interactions.csv",
+        items=folder / "items.csv",
+        cache_dir=folder / "cache",
+    )
+    config = TrainConfig(
+        data=data,
+        model=UserModelConfig(
+            backbone=BackboneConfig(name="tiny-llama"),
+            lora=LoRAConfig(rank=4, alpha=8.0),
+            text_encoder="none",
+            id_dim=16,
+            item_dim=16,
+        ),
+        meta=MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.5),
+        support_sizes=[5, 10],
+        epochs=1,
+        outer_lr=3e-3,
+        users_per_batch=16,
+        output_dir=folder / "run",
+    )
+    run(config)
+    build_catalogue_index(
+        IndexBuildConfig(folder / "index", IndexConfig("flat"), folder / "run", data)
+    )
+    data_options = [
+        "--dataset", "custom", "--interactions", str(data.interactions),
+        "--items", str(data.items), "--cache-dir", str(data.cache_dir),
+    ]  # fmt: skip
+    return folder, data, data_options
+
+
+def rerank_command(trained_run, output_dir, *extra):
+    folder, _, data_options = trained_run
+    return [
+        "rerank", "--checkpoint", str(folder / "run"), "--index", str(folder / "index"),
+        "--output-dir", str(output_dir), "--support-size", str(SUPPORT), "--top-k", str(TOP_K),
+        "--candidates", "20", "--batch-size", "4", "--shard-users", "5", *data_options, *extra,
+    ]  # fmt: skip
+
+
+def output_rows(output_dir: Path) -> pd.DataFrame:
+    manifest = json.loads((output_dir / "manifest.json").read_text())
+    return ShardStore(output_dir / "shards", manifest["users"], 5).read()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(trained_run, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("whole") / "out"
+    assert main(rerank_command(trained_run, output_dir)) == 0
+    return output_dir
+
+
+def test_two_stage_top_k_equals_full_catalogue_ranking(trained_run, uninterrupted):
+    folder, data, _ = trained_run
+    method, dataset, _ = load_run(folder / "run", data)
+    split = coldstart_split(dataset.sequences(), dataset.n_items, SUPPORT, 10, 0)
+    scores = method.score([case.history for case in split.test])
+    rows = output_rows(uninterrupted)
+    assert rows["user_id"].nunique() == len(split.test) > 10
+    for case, user_scores in zip(split.test, scores, strict=True):
+        user_scores[case.history] = -np.inf
+        expected = np.lexsort((np.arange(len(user_scores)), -user_scores))[:TOP_K]
+        got = rows[rows["user_id"] == dataset.user_ids[case.user]].sort_values("rank")
+        np.testing.assert_array_equal(got["item_id"], dataset.item_ids[expected])
+        np.testing.assert_allclose(got["score"], user_scores[expected], rtol=0, atol=1e-5)
+
+
+def test_batched_rerank_scores_equal_a_per_user_peft_loop(trained_run):
+    folder, data, _ = trained_run
+    method, dataset, _ = load_run(folder / "run", data)
+    index = load_index(folder / "index")
+    histories = [sequence[:SUPPORT] for sequence in dataset.sequences()[:12]]
+    with method.model.frozen_item_vectors():
+        items, scores = rerank_batch(method, index, histories, 20, TOP_K)
+    loop = PeftUserLoop(method.model, folder / "run" / "checkpoint" / "adapter", method.meta)
+    unadapted = []
+    for history, user_items, user_scores in zip(histories, items, scores, strict=True):
+        state = loop.adapted_state(history, method.inner_steps)
+        np.testing.assert_allclose(loop.scores(state, user_items), user_scores, atol=1e-4)
+        unadapted.append(loop.scores(loop.adapted_state(history, 0), user_items))
+    assert np.abs(np.array(unadapted) - scores).max() > 1e-3  # adaptation changed the scores
+
+
+def test_killed_job_reruns_to_the_uninterrupted_output(trained_run, uninterrupted, tmp_path):
+    output_dir = tmp_path / "out"
+    command = [sys.executable, "-m", "metarec.cli", *rerank_command(trained_run, output_dir)]
+    killed = subprocess.run([*command, "--kill-after-shards", "2"], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (output_dir / "manifest.json").exists()
+    assert len(list((output_dir / "shards").glob("part-*.json"))) == 2
+    first_shard = output_dir / "shards" / "part-00000.parquet"
+    written = first_shard.stat().st_mtime_ns
+    # a damaged finished shard is redone too, not trusted
+    (output_dir / "shards" / "part-00001.parquet").write_bytes(b"truncated")
+    finished = subprocess.run(command, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert first_shard.stat().st_mtime_ns == written  # the intact shard was skipped
+    pd.testing.assert_frame_equal(output_rows(output_dir), output_rows(uninterrupted))
+
+
+def test_unknown_items_fail_their_user_by_name_and_keep_the_rest(trained_run, tmp_path, capsys):
+    folder, data, _ = trained_run
+    dataset = load_dataset(data)
+    sequences = dataset.sequences()
+    histories = pd.DataFrame(
+        [
+            {"user_id": int(dataset.user_ids[user]), "item_id": int(dataset.item_ids[item]),
+             "timestamp": position}
+            for user in range(3) for position, item in enumerate(sequences[user][:SUPPORT])
+        ]
+        + [{"user_id": 999_999, "item_id": 888_888, "timestamp": 0}]
+    )  # fmt: skip
+    path = tmp_path / "histories.csv"
+    histories.to_csv(path, index=False)
+    output_dir = tmp_path / "out"
+    assert main([*rerank_command(trained_run, output_dir), "--histories", str(path)]) == 2
+    assert "1 of 4 users failed" in capsys.readouterr().err
+    manifest = json.loads((output_dir / "manifest.json").read_text())
+    assert manifest["failed"] == {"999999": f"unknown item ids [888888] in {path}"}
+    assert output_rows(output_dir)["user_id"].nunique() == 3
+    # the same output dir with other settings is another job, refused
+    assert main([*rerank_command(trained_run, output_dir, "--top-k", "3")]) == 2
+    assert "holds another job" in capsys.readouterr().err
+
+
+def test_index_from_another_checkpoint_is_refused(trained_run, tmp_path, capsys):
+    folder, _, data_options = trained_run
+    vectors = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    np.save(tmp_path / "vectors.npy", vectors)
+    build = ["index", "build", "--vectors", str(tmp_path / "vectors.npy"), "--output"]
+    assert main([*build, str(tmp_path / "index"), *data_options]) == 0
+    command = rerank_command(trained_run, tmp_path / "out")
+    command[command.index("--index") + 1] = str(tmp_path / "index")
+    assert main(command) == 2
+    assert "built with encoder 'external'" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_two_ranks_write_the_single_process_output(trained_run, uninterrupted, tmp_path):
+    command = [
+        str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2",
+        "-m", "metarec.cli",
+        *rerank_command(trained_run, tmp_path / "out"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    pd.testing.assert_frame_equal(output_rows(tmp_path / "out"), output_rows(uninterrupted))
