@@ -42,6 +42,9 @@ class PeftUserLoop:
             self.model.backbone, str(adapter_dir), is_trainable=True
         )
         self.adapter = [p for p in self.peft.parameters() if p.requires_grad]
+        adapter_ids = {id(p) for p in self.adapter}
+        for parameter in self.model.parameters():  # no gradients wasted on the item side
+            parameter.requires_grad_(id(parameter) in adapter_ids)
 
     def _states(self, history: torch.Tensor) -> torch.Tensor:
         """(1, T, item_dim) states of one user's (T,) history."""

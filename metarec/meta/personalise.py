@@ -81,12 +81,14 @@ def adapted_states(
     """(U, item_dim) states after ``inner_steps`` (default ``meta.inner_steps``) support steps.
 
     First order at test time: the inner gradients are only needed, not differentiated.
-    An item's score is the dot product of the state with its vector.
+    An item's score is the dot product of the state with its vector. Layers below the
+    first adapted one run once, not once per step (`UserModel.frozen_prefix`).
     """
     steps = meta.inner_steps if inner_steps is None else inner_steps
-    fast = adapt_batch(model, batch, meta, rates, steps)
-    with torch.no_grad():
-        return last_states(model, batch, fast)
+    with model.frozen_prefix(batch.support, batch.support_lengths):
+        fast = adapt_batch(model, batch, meta, rates, steps)
+        with torch.no_grad():
+            return last_states(model, batch, fast)
 
 
 def adapted_scores(

@@ -81,7 +81,8 @@ class BatchedLoRALinear(nn.Module):
         return out + self.scaling * update
 
 
-def _layer_index(name: str) -> int | None:
+def layer_index(name: str) -> int | None:
+    """The decoder layer a module path such as ``layers.3.self_attn.q_proj`` belongs to."""
     parts = name.split(".")
     for before, after in zip(parts, parts[1:], strict=False):
         if before == "layers" and after.isdigit():
@@ -96,7 +97,7 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> dict[str, BatchedLoRALi
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear)
         and name.split(".")[-1] in config.target_modules
-        and (config.layers is None or _layer_index(name) in config.layers)
+        and (config.layers is None or layer_index(name) in config.layers)
     ]
     if not targets:
         raise MetarecError(

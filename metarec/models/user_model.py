@@ -22,8 +22,9 @@ from torch import nn
 
 from metarec.errors import MetarecError
 from metarec.models.backbone import BackboneConfig, load_backbone
+from metarec.models.frozen_prefix import run_layers
 from metarec.models.item_init import svd_item_embeddings
-from metarec.models.lora import BatchedLoRALinear, LoRAConfig, inject_lora
+from metarec.models.lora import BatchedLoRALinear, LoRAConfig, inject_lora, layer_index
 from metarec.models.text_encoder import cached_text_vectors
 
 
@@ -69,6 +70,8 @@ class UserModel(nn.Module):
         self.input_projection = nn.Linear(config.item_dim, hidden, dtype=dtype)
         self.output_projection = nn.Linear(hidden, config.item_dim, dtype=dtype)
         self.frozen_vectors: torch.Tensor | None = None
+        # (items, first adapted layer, hidden states entering it) while `frozen_prefix` runs
+        self.prefix: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
     @classmethod
     def build(
@@ -124,20 +127,50 @@ class UserModel(nn.Module):
         finally:
             self.frozen_vectors = None
 
+    @staticmethod
+    def _attention_mask(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(U, T) 1 at the real positions of right-padded (U, T) histories, 0 at padding."""
+        positions = torch.arange(items.shape[1], device=items.device)
+        return (positions[None, :] < lengths[:, None]).long()
+
     def states(self, items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(U, T, item_dim) user states after each position of right-padded (U, T) histories.
 
         Padding positions (index >= length) carry any item id; they are masked out of
         attention and their states are meaningless.
         """
-        vectors = self.item_vectors()
-        inputs = self.input_projection(vectors[items])
-        positions = torch.arange(items.shape[1], device=items.device)
-        mask = (positions[None, :] < lengths[:, None]).long()
+        mask = self._attention_mask(items, lengths)
+        if self.prefix is not None and self.prefix[0] is items:
+            _, first, hidden = self.prefix
+            top = self.backbone.config.num_hidden_layers
+            return self.output_projection(run_layers(self.backbone, hidden, mask, first, top))
+        inputs = self.input_projection(self.item_vectors()[items])
         # no KV cache: nothing is generated, and a recomputed layer would append to it twice
         output = self.backbone(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
-        hidden = output.last_hidden_state
-        return self.output_projection(hidden)
+        return self.output_projection(output.last_hidden_state)
+
+    def first_adapted_layer(self) -> int:
+        """Index of the lowest decoder layer with LoRA (0 if any adapter sits elsewhere)."""
+        indices = [layer_index(name) for name in self.lora_layers]
+        return 0 if None in indices else min(indices)
+
+    @contextmanager
+    def frozen_prefix(self, items: torch.Tensor, lengths: torch.Tensor) -> Iterator[None]:
+        """Inside the block, `states` of these very ``items`` runs only the adapted layers.
+
+        The layers below the first adapted one run here, once. For test-time adaptation
+        only: the cached states carry no gradient to the item side.
+        """
+        first = self.first_adapted_layer()
+        if first > 0:
+            with torch.no_grad():
+                inputs = self.input_projection(self.item_vectors()[items])
+                mask = self._attention_mask(items, lengths)
+                self.prefix = (items, first, run_layers(self.backbone, inputs, mask, 0, first))
+        try:
+            yield
+        finally:
+            self.prefix = None
 
     def scores(self, states: torch.Tensor) -> torch.Tensor:
         """(..., N) scores of (..., item_dim) states against every item."""
