@@ -190,3 +190,19 @@ def test_two_ranks_write_the_single_process_output(trained_run, uninterrupted, t
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     pd.testing.assert_frame_equal(output_rows(tmp_path / "out"), output_rows(uninterrupted))
+
+
+def test_index_search_for_a_history_lists_the_full_catalogue_top_k(trained_run, tmp_path):
+    folder, data, data_options = trained_run
+    method, dataset, _ = load_run(folder / "run", data)
+    history = dataset.sequences()[7][:SUPPORT]
+    raw_history = ",".join(str(dataset.item_ids[item]) for item in history)
+    command = ["index", "search", "--index", str(folder / "index"), "--checkpoint",
+               str(folder / "run"), "--history", raw_history, "--k", "4",
+               "--output", str(tmp_path / "answers.json"), *data_options]  # fmt: skip
+    assert main(command) == 0
+    answers = json.loads((tmp_path / "answers.json").read_text())
+    scores = method.score([history])[0]
+    scores[history] = -np.inf
+    expected = np.lexsort((np.arange(len(scores)), -scores))[:4]
+    assert [hit["item_id"] for hit in answers[0]] == dataset.item_ids[expected].tolist()

@@ -119,13 +119,13 @@ class UserModel(nn.Module):
         Outside training the item side is constant, yet every forward of the inner loop
         would project the whole catalogue again.
         """
+        previous = self.frozen_vectors  # blocks nest: an inner one leaves the outer's in place
         with torch.no_grad():
-            vectors = self.item_vectors()
-        self.frozen_vectors = vectors
+            self.frozen_vectors = self.item_vectors()
         try:
             yield
         finally:
-            self.frozen_vectors = None
+            self.frozen_vectors = previous
 
     @staticmethod
     def _attention_mask(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
