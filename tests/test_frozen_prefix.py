@@ -5,10 +5,11 @@ import torch
 
 from metarec.data.episodes import collate
 from metarec.meta.algorithms import MetaConfig
+from metarec.meta.peft_loop import PeftUserLoop
 from metarec.meta.personalise import adapt_batch, adapted_states, last_states
 from metarec.models.backbone import BackboneConfig, load_backbone
 from metarec.models.frozen_prefix import run_layers
-from metarec.models.lora import LoRAConfig
+from metarec.models.lora import LoRAConfig, save_peft_adapter
 from metarec.models.user_model import UserModel, UserModelConfig
 
 
@@ -58,3 +59,17 @@ def test_adaptation_reuses_the_bottom_and_matches_running_every_layer():
     torch.testing.assert_close(reused, every_layer, rtol=1e-5, atol=1e-5)
     unadapted = adapted_states(model, batch, meta, inner_steps=0)
     assert (reused - unadapted).abs().max() > 1e-3
+
+
+def test_top_layer_adapter_loads_in_peft_and_adapts_like_the_batched_path(tmp_path):
+    model = tiny_model(layers=[1])
+    save_peft_adapter(model.lora_layers, model.config.lora, tmp_path / "adapter", "tiny-llama")
+    meta = MetaConfig(algorithm="fomaml", inner_steps=3, inner_lr=0.5)
+    loop = PeftUserLoop(model, tmp_path / "adapter", meta)
+    adapted_names = [n for n, p in loop.peft.named_parameters() if p.requires_grad]
+    assert adapted_names and all(".layers.1." in name for name in adapted_names)
+    histories = [np.array([3, 5, 7, 9, 11]), np.array([2, 4, 6])]
+    batch = collate(histories, [np.empty(0, dtype=np.int64)] * 2)
+    states = adapted_states(model, batch, meta)
+    for history, state in zip(histories, states, strict=True):
+        torch.testing.assert_close(loop.adapted_state(history, 3), state, rtol=1e-4, atol=1e-5)

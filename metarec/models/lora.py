@@ -158,6 +158,9 @@ def save_peft_adapter(
         lora_dropout=config.dropout,
         target_modules=config.target_modules,
         layers_to_transform=config.layers,
+        # peft finds the layer index after "<pattern>."; without one it wants a prefix before
+        # it, which a bare decoder stack ("layers.6.self_attn...") lacks
+        layers_pattern="layers" if config.layers is not None else None,
         base_model_name_or_path=base_model,
     ).save_pretrained(str(folder))
     tensors = {
