@@ -22,8 +22,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 setup: $(VENV)/.installed
 
 demo: setup
-	$(PY) bench/coldstart_llm.py --config configs/quick.yaml --run-dir runs/demo \
-		--baselines pop,itemknn,ease --protocols coldstart --json runs/demo/table.json
+	$(VENV)/bin/metarec pipeline --config configs/quick.yaml --run-dir runs/demo
 
 test: setup
 	$(PY) -m pytest -q

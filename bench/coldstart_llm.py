@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from metarec.cli import main as metarec
+from metarec.eval.report import comparison_table
 
 LLM_METHODS = ["llm-noadapt", "llm-finetune", "meta-lora"]
 
@@ -30,26 +31,15 @@ def timed(step: str, argv: list[str], seconds: dict[str, float]) -> None:
     seconds[step] = time.perf_counter() - started
 
 
-def cell(summary: dict, method: str, metric: str) -> str:
-    values = summary["methods"].get(method)
-    if values is None:
-        return "–"
-    low, high = values[f"{metric}_ci"]
-    return f"{values[metric]:.4f} [{low:.4f}, {high:.4f}]"
-
-
 def table(results: dict[str, dict], methods: list[str]) -> str:
-    columns = [name for name in results if name.startswith("support")]
-    header = [f"ndcg@10 {name.replace('_', ' ')}" for name in columns]
+    columns = {
+        f"ndcg@10 {name.replace('_', ' ')}": (summary, "ndcg@10")
+        for name, summary in results.items()
+        if name.startswith("support")
+    }
     if "sampled" in results:
-        header.append("sampled hr@1")
-    lines = ["| method | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-    for method in methods:
-        cells = [cell(results[name], method, "ndcg@10") for name in columns]
-        if "sampled" in results:
-            cells.append(cell(results["sampled"], method, "hr@1"))
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        columns["sampled hr@1"] = (results["sampled"], "hr@1")
+    return comparison_table(columns, methods)
 
 
 def main() -> None:

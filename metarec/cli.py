@@ -48,6 +48,14 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_remote_code_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a backbone's own Python code from its model folder (off unless given)",
+    )
+
+
 def _data_config(args: argparse.Namespace) -> DataConfig:
     env_data_dir = os.environ.get("METAREC_DATA_DIR")
     cache_dir = args.cache_dir or Path(os.environ.get("METAREC_CACHE_DIR", "~/.cache/metarec"))
@@ -111,6 +119,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         bootstrap_resamples=args.bootstrap_resamples,
         checkpoint=args.checkpoint,
         baseline_checkpoint=args.baseline_checkpoint,
+        trust_remote_code=args.trust_remote_code,
     )
     result = evaluate(config)
     print(markdown_table(result.summary))
@@ -136,16 +145,20 @@ def _apply_override(config: dict, assignment: str) -> None:
         node = node[part]
         if not isinstance(node, dict):
             raise MetarecError(f"--set {assignment!r}: {part} is not a section")
-    node[leaf] = yaml.safe_load(value)
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise MetarecError(f"--set {assignment!r}: the value is not valid YAML ({err})") from None
 
 
-def cmd_train(args: argparse.Namespace) -> None:
-    from train.meta_train import TrainConfig, run
+def _train_config(args: argparse.Namespace):
+    """The training config: YAML, then ``--set`` overrides, then options and environment."""
+    from train.meta_train import TrainConfig
 
     raw = load_yaml(args.config)
     for assignment in args.set:
         _apply_override(raw, assignment)
-    if args.split_seed is not None:
+    if getattr(args, "split_seed", None) is not None:
         raw["split_seed"] = args.split_seed
     if args.output_dir is not None:
         raw["output_dir"] = str(args.output_dir)
@@ -159,7 +172,48 @@ def cmd_train(args: argparse.Namespace) -> None:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and accelerate_ds_config:
         # under `accelerate launch --config_file launch/accelerate/zero3.yaml`
         distributed.setdefault("deepspeed_config", accelerate_ds_config)
-    config = from_mapping(TrainConfig, raw, where=str(args.config))
+    config = from_mapping(TrainConfig, raw, where=f"{args.config}: config")
+    _allow_remote_code(config.model.backbone, args, str(args.config))
+    return config
+
+
+def _allow_remote_code(backbone, args: argparse.Namespace, where: str) -> None:
+    """Model-hub code runs only when the command line says so, never from a config alone."""
+    if backbone.trust_remote_code and not args.trust_remote_code:
+        raise MetarecError(
+            f"{where}: model.backbone.trust_remote_code is true, which runs code shipped "
+            "with the model; pass --trust-remote-code to allow it"
+        )
+    backbone.trust_remote_code = args.trust_remote_code
+
+
+def cmd_pipeline(args: argparse.Namespace) -> None:
+    from train.pipeline import PipelineConfig, run_pipeline
+
+    args.output_dir = args.run_dir
+    config = PipelineConfig(
+        train=_train_config(args),
+        baselines=[name.strip() for name in args.baselines.split(",") if name.strip()],
+        support_sizes=args.supports,
+        hyperparameters=load_yaml(args.baselines_config),
+        bootstrap_resamples=args.bootstrap_resamples,
+    )
+    _check_writable(config.train.output_dir / "report.md")
+    run_pipeline(config)
+
+
+def cmd_config_show(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    args.output_dir = None
+    config = json.loads(json.dumps(asdict(_train_config(args)), default=str))
+    print(yaml.safe_dump(config, sort_keys=False), end="")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from train.meta_train import run
+
+    config = _train_config(args)
     _check_writable(config.output_dir / "config.json")
     kill_at_step = None
     if args.kill_at_step:
@@ -203,6 +257,7 @@ def cmd_index_build(args: argparse.Namespace) -> None:
         item_ids=args.item_ids,
         encoder=args.encoder,
         chunk_rows=args.chunk_rows,
+        trust_remote_code=args.trust_remote_code,
     )
     print(json.dumps(build_catalogue_index(config), indent=2))
 
@@ -230,7 +285,9 @@ def cmd_index_search(args: argparse.Namespace) -> None:
     else:
         if not args.history:
             raise MetarecError("index search --checkpoint needs --history ITEM,ITEM,...")
-        method, dataset, fingerprint = load_run(args.checkpoint, _data_config(args))
+        method, dataset, fingerprint = load_run(
+            args.checkpoint, _data_config(args), args.trust_remote_code
+        )
         index = load_index(args.index, encoder=fingerprint)
         index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
         unknown = [item for item in args.history if item not in index_of]
@@ -274,6 +331,7 @@ def cmd_rerank(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         shard_users=args.shard_users,
         inner_steps=args.inner_steps,
+        trust_remote_code=args.trust_remote_code,
     )
     init_process_group(DistributedConfig(), int(os.environ.get("WORLD_SIZE", "1")))
     manifest = run_rerank(config, kill_after_shards=args.kill_after_shards)
@@ -286,6 +344,19 @@ def cmd_rerank(args: argparse.Namespace) -> None:
             f"({users / max(seconds, 1e-9):.1f} users/s); "
             f"wrote {args.output_dir / 'manifest.json'}"
         )
+
+
+def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/quick.yaml")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set meta.inner_lr=0.01 (repeatable)",
+    )
+    parser.add_argument("--split-seed", type=int)
+    _add_remote_code_option(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -324,18 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--output", type=Path, help="results JSON")
     evaluate.add_argument("--per-user-output", type=Path, help="per-user metrics Parquet")
+    _add_remote_code_option(evaluate)
     evaluate.set_defaults(handler=cmd_evaluate)
 
     train = commands.add_parser("train", help="meta-train the LLM user model's LoRA init")
-    train.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/tiny.yaml")
-    train.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set meta.inner_lr=0.01",
-    )
-    train.add_argument("--split-seed", type=int)
+    _add_train_config_options(train)
     train.add_argument("--output-dir", type=Path)
     train.add_argument(
         "--resume", action="store_true", help="continue from the newest state in <output_dir>/state"
@@ -345,6 +409,26 @@ def build_parser() -> argparse.ArgumentParser:
     # the deepspeed launcher passes --local_rank; ranks come from the environment instead
     train.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     train.set_defaults(handler=cmd_train)
+
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="the main job end to end: data, encoding, training, index, evaluation, rerank, report",
+    )
+    _add_train_config_options(pipeline)
+    pipeline.add_argument("--run-dir", type=Path, required=True, help="e.g. runs/demo")
+    pipeline.add_argument("--baselines", default="pop,itemknn,ease")
+    pipeline.add_argument("--supports", type=_int_list, default=[5, 10, 20])
+    pipeline.add_argument("--baselines-config", type=Path, default=REPO_CONFIGS / "baselines.yaml")
+    pipeline.add_argument("--bootstrap-resamples", type=int, default=1000)
+    pipeline.set_defaults(handler=cmd_pipeline)
+
+    config = commands.add_parser("config", help="training configs")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser(
+        "show", help="print the resolved training config (defaults, YAML, --set overrides)"
+    )
+    _add_train_config_options(show)
+    show.set_defaults(handler=cmd_config_show)
 
     index = commands.add_parser("index", help="FAISS index over the catalogue")
     index_commands = index.add_subparsers(dest="index_command", required=True)
@@ -367,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     knobs.add_argument("--hnsw-m", type=int, default=32, help="hnsw: neighbours per node")
     knobs.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
     knobs.add_argument("--train-size", type=int, default=100_000, help="ivf*: training sample")
+    _add_remote_code_option(build)
     build.set_defaults(handler=cmd_index_build)
 
     search = index_commands.add_parser("search", help="ad-hoc queries against an index folder")
@@ -377,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--history", type=_int_list, help="raw item ids, oldest first")
     search.add_argument("--k", type=int, default=10)
     search.add_argument("--output", type=Path, help="answers as JSON")
+    _add_remote_code_option(search)
     search.set_defaults(handler=cmd_index_search)
 
     rerank = commands.add_parser(
@@ -404,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     # fault injection for the exactly-once tests: SIGKILL after writing N shards
     rerank.add_argument("--kill-after-shards", type=int, help=argparse.SUPPRESS)
     rerank.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+    _add_remote_code_option(rerank)
     rerank.set_defaults(handler=cmd_rerank)
     return parser
 

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from metarec.atomic import atomic_file
 from metarec.checkpoint import read_checkpoint, save_checkpoint
 from metarec.data.episodes import collate, sample_episodes
 from metarec.data.prepare import DataConfig, load_dataset
@@ -54,6 +55,7 @@ from metarec.meta.algorithms import MetaConfig, MetaSGDRates
 from metarec.meta.personalise import episode_losses
 from metarec.meta.recommender import LLMRecommender, load_trained_weights, trained_weights
 from metarec.models.user_model import UserModel, UserModelConfig
+from metarec.provenance import provenance
 
 TRAINING_PROTOCOLS = ("coldstart", "loo")
 
@@ -154,12 +156,30 @@ class MetaTrainRecipe:
         self.writer = (
             SummaryWriter(str(config.output_dir / "tensorboard")) if self.is_main else None
         )
+        if self.is_main:
+            self.record_run()
         self.history: list[dict] = []
         self.step = 0
         self.best = -1.0
         self.position = {"stage": 0, "epoch": 0, "batch": 0, "stage_started": False}
         self.epoch_rng_state: dict | None = None  # set while an epoch is under way
         self.epoch_losses: list[float] = []
+
+    def record_run(self) -> None:
+        """``<output_dir>/run.json``: the resolved config, seeds, commit and package versions."""
+        config = self.config
+        record = {
+            "config": json.loads(json.dumps(asdict(config), default=str)),
+            "seeds": {
+                "seed": config.seed,
+                "split_seed": config.split_seed,
+                "backbone_seed": config.model.backbone.seed,
+            },
+            "world_size": self.world_size,
+            **provenance(),
+        }
+        with atomic_file(config.output_dir / "run.json") as temporary:
+            temporary.write_text(json.dumps(record, indent=2))
 
     def plan(self) -> list[tuple[str, MetaConfig, int, TrainConfig]]:
         """The stages to run: (name, meta config, epochs, config its checkpoint records)."""

@@ -37,6 +37,26 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return f"{described}; {summary['n_test_users']} test users\n\n" + "\n".join(lines)
 
 
+def _cell(summary: dict[str, Any], method: str, metric: str) -> str:
+    values = summary["methods"].get(method)
+    if values is None:
+        return "–"
+    low, high = values[f"{metric}_ci"]
+    return f"{values[metric]:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def comparison_table(columns: dict[str, tuple[dict[str, Any], str]], methods: list[str]) -> str:
+    """One row per method, one column per evaluation: ``metric`` mean [95% CI].
+
+    ``columns``: header -> (an `evaluate` summary, the metric to show from it).
+    """
+    lines = ["| method | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for method in methods:
+        cells = [_cell(summary, method, metric) for summary, metric in columns.values()]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_json(path: Path, summary: dict[str, Any]) -> None:
     with atomic_file(path) as temporary:
         temporary.write_text(json.dumps(summary, indent=2) + "\n")
