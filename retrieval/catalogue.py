@@ -25,11 +25,15 @@ from metarec.models.user_model import UserModel
 from retrieval.index import IndexConfig, build_index, save_index
 
 
-def load_run(run: Path, data: DataConfig) -> tuple[LLMRecommender, Dataset, str]:
+def load_run(
+    run: Path, data: DataConfig, trust_remote_code: bool = False
+) -> tuple[LLMRecommender, Dataset, str]:
     """A ``metarec train`` run's model for ``data``'s catalogue, and its fingerprint."""
     dataset = load_dataset(data)
     folder = run / "checkpoint"
-    method = LLMRecommender.from_checkpoint(folder, dataset.item_text, data.cache_dir.expanduser())
+    method = LLMRecommender.from_checkpoint(
+        folder, dataset.item_text, data.cache_dir.expanduser(), trust_remote_code=trust_remote_code
+    )
     method.fit([], dataset.n_items, [])  # refuses a checkpoint trained on another catalogue
     return method, dataset, checkpoint_fingerprint(folder)
 
@@ -60,6 +64,7 @@ class IndexBuildConfig:
     item_ids: Path | None = None  # (N,) int64 .npy row -> item id; default 0..N-1
     encoder: str = "external"  # names the vectors' encoder when they come from a file
     chunk_rows: int = 65536
+    trust_remote_code: bool = False  # let the run's backbone run code from its model folder
 
 
 def _file_vectors(config: IndexBuildConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +97,7 @@ def build_catalogue_index(config: IndexBuildConfig) -> dict:
         index = build_index(vectors, config.index, config.chunk_rows)
         encoder = config.encoder
     else:
-        method, dataset, encoder = load_run(config.run, config.data)
+        method, dataset, encoder = load_run(config.run, config.data, config.trust_remote_code)
         config.output.parent.mkdir(parents=True, exist_ok=True)
         scratch = config.output.with_name(f".{config.output.name}.vectors.npy")
         try:

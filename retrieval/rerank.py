@@ -71,6 +71,7 @@ class RerankConfig:
     batch_size: int = 32  # users adapted together
     shard_users: int = 256  # users per output shard
     inner_steps: int | None = None  # default: the run's meta.inner_steps
+    trust_remote_code: bool = False  # let the run's backbone run code from its model folder
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= self.candidates:
@@ -214,7 +215,7 @@ def run_rerank(config: RerankConfig, kill_after_shards: int | None = None) -> di
     """
     rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = dist.get_world_size() if dist.is_initialized() else 1
-    method, dataset, fingerprint = load_run(config.run, config.data)
+    method, dataset, fingerprint = load_run(config.run, config.data, config.trust_remote_code)
     if config.inner_steps is not None:
         method.inner_steps = config.inner_steps
     index = load_index(config.index, encoder=fingerprint)

@@ -7,8 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from metarec.data.prepare import DataConfig
 from metarec.data.preprocess import PreprocessOptions, preprocess
 from metarec.data.synthetic import synthetic_raw
+from metarec.meta.algorithms import MetaConfig
+from metarec.models.backbone import BackboneConfig
+from metarec.models.lora import LoRAConfig
+from metarec.models.user_model import UserModelConfig
+from retrieval.catalogue import IndexBuildConfig, build_catalogue_index
+from retrieval.index import IndexConfig
+from train.meta_train import TrainConfig, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,3 +33,43 @@ def ml100k_dir() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dataset():
     return preprocess(synthetic_raw(), PreprocessOptions())
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny meta-trained run on 120 synthetic users, its data options and a flat index."""
+    folder = tmp_path_factory.mktemp("rerank")
+    raw = synthetic_raw(n_users=120, seed=4)
+    raw.interactions.drop(columns="line").to_csv(folder / "interactions.csv", index=False)
+    raw.items.drop(columns="line").to_csv(folder / "items.csv", index=False)
+    data = DataConfig(
+        dataset="custom",
+        interactions=folder / "interactions.csv",
+        items=folder / "items.csv",
+        cache_dir=folder / "cache",
+    )
+    config = TrainConfig(
+        data=data,
+        model=UserModelConfig(
+            backbone=BackboneConfig(name="tiny-llama"),
+            lora=LoRAConfig(rank=4, alpha=8.0),
+            text_encoder="none",
+            id_dim=16,
+            item_dim=16,
+        ),
+        meta=MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.5),
+        support_sizes=[5, 10],
+        epochs=1,
+        outer_lr=3e-3,
+        users_per_batch=16,
+        output_dir=folder / "run",
+    )
+    run(config)
+    build_catalogue_index(
+        IndexBuildConfig(folder / "index", IndexConfig("flat"), folder / "run", data)
+    )
+    data_options = [
+        "--dataset", "custom", "--interactions", str(data.interactions),
+        "--items", str(data.items), "--cache-dir", str(data.cache_dir),
+    ]  # fmt: skip
+    return folder, data, data_options

@@ -42,6 +42,7 @@ class EvaluateConfig:
     bootstrap_seed: int = 0
     checkpoint: Path | None = None
     baseline_checkpoint: Path | None = None
+    trust_remote_code: bool = False  # let the runs' backbones run code from their model folders
 
 
 LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")
@@ -99,7 +100,9 @@ def _llm_method(name: str, config: EvaluateConfig, dataset: Dataset) -> Recommen
     llm-finetune: that model fine-tuned with meta-lora's inner steps and (initial) inner lr."""
     cache_dir = config.data.cache_dir.expanduser()
     run = config.checkpoint if name == "meta-lora" else config.baseline_checkpoint
-    method = LLMRecommender.from_checkpoint(run / "checkpoint", dataset.item_text, cache_dir)
+    method = LLMRecommender.from_checkpoint(
+        run / "checkpoint", dataset.item_text, cache_dir, trust_remote_code=config.trust_remote_code
+    )
     _check_same_split(method, run, config)
     if name == "llm-noadapt":
         method.inner_steps = 0

@@ -81,11 +81,21 @@ class LLMRecommender(Recommender):
 
     @classmethod
     def from_checkpoint(
-        cls, folder: Path, item_text: list[str], cache_dir: Path, inner_steps: int | None = None
+        cls,
+        folder: Path,
+        item_text: list[str],
+        cache_dir: Path,
+        inner_steps: int | None = None,
+        trust_remote_code: bool = False,
     ) -> LLMRecommender:
-        """Rebuild the model of a ``metarec train`` checkpoint for this catalogue."""
+        """Rebuild the model of a ``metarec train`` checkpoint for this catalogue.
+
+        The backbone runs code from its model folder only if ``trust_remote_code`` says so
+        here, whatever the training run was allowed.
+        """
         config, weights = read_checkpoint(folder)
         model_config = from_mapping(UserModelConfig, config["model"], where=f"{folder}: model")
+        model_config.backbone.trust_remote_code = trust_remote_code
         meta = from_mapping(MetaConfig, config["meta"], where=f"{folder}: meta")
         model = UserModel.build(model_config, item_text, cache_dir)
         rates = (

