@@ -40,3 +40,12 @@ def test_coldstart_reproduces_reference(support_size, ml100k_dir, tmp_path):
         assert measured["mrr"] == pytest.approx(mrr, abs=1e-3)
         low, high = measured["ndcg@10_ci"]
         assert low < measured["ndcg@10"] < high
+    if support_size == 10:
+        # popularity recommends the same few items to everyone: low coverage and novelty,
+        # concentrated (high Gini); item-kNN follows each user's support
+        pop, itemknn = results["methods"]["pop"], results["methods"]["itemknn"]
+        for key in ("coverage@10", "novelty@10", "gini@10", "diversity@10", "coverage@20"):
+            assert key in pop and key in itemknn
+        assert pop["coverage@10"] < 0.05 < itemknn["coverage@10"]
+        assert pop["gini@10"] > itemknn["gini@10"] > 0.5
+        assert pop["novelty@10"] < itemknn["novelty@10"]

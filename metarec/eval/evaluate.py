@@ -24,10 +24,12 @@ from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import ProtocolConfig, Split, make_split
 from metarec.errors import ConfigError
+from metarec.eval.beyond import beyond_accuracy
 from metarec.eval.metrics import bootstrap_ci
-from metarec.eval.ranking import evaluate_cases
+from metarec.eval.ranking import ranked_cases
 from metarec.meta.algorithms import MetaConfig
 from metarec.meta.recommender import LLMRecommender
+from metarec.models.item_init import svd_item_embeddings
 
 
 @dataclass
@@ -46,6 +48,7 @@ class EvaluateConfig:
 
 
 LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")
+DIVERSITY_DIM = 64  # the shared item embedding diversity@K is measured in
 
 
 def _check_llm_methods(config: EvaluateConfig) -> None:
@@ -156,13 +159,26 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     }
     split = make_split(dataset.sequences(), dataset.n_items, config.protocol, dataset.user_ids)
     ks = config.protocol.cutoffs()
+    # beyond-accuracy references, from what methods may train on and the same for all of them
+    popularity = np.bincount(
+        np.concatenate([np.unique(s) for s in split.train_sequences]), minlength=split.n_items
+    )
+    embeddings = svd_item_embeddings(split.train_sequences, split.n_items, DIVERSITY_DIM)
     per_user: dict[str, dict[str, np.ndarray]] = {}
+    catalogue: dict[str, dict[str, float]] = {}
     seconds: dict[str, dict[str, float]] = {}
     for name, method in tqdm(methods.items(), desc="methods", unit="method"):
         started = time.perf_counter()
         method.fit(split.train_sequences, split.n_items, split.valid)
         fitted = time.perf_counter()
-        per_user[name] = evaluate_cases(method.score, split.test, ks, name=name)
+        per_user[name], lists = ranked_cases(method.score, split.test, ks, name=name)
+        catalogue[name] = {}
+        for k in ks:
+            overall, by_user = beyond_accuracy(
+                lists, k, popularity, len(split.train_sequences), embeddings
+            )
+            catalogue[name].update(overall)
+            per_user[name].update(by_user)
         seconds[name] = {"fit": fitted - started, "evaluate": time.perf_counter() - fitted}
     summary = {
         "protocol": {
@@ -174,7 +190,10 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
         "n_test_users": len(split.test),
         "split": split.counts,
         "methods": {
-            name: summarise(metrics, config.bootstrap_resamples, config.bootstrap_seed)
+            name: {
+                **summarise(metrics, config.bootstrap_resamples, config.bootstrap_seed),
+                **catalogue[name],
+            }
             for name, metrics in per_user.items()
         },
         "seconds": seconds,

@@ -34,6 +34,47 @@ def case_ranks(scores: np.ndarray, cases: Sequence[UserCase]) -> np.ndarray:
     return relevant_ranks(scores, relevant, excluded)
 
 
+def top_items(scores: np.ndarray, cases: Sequence[UserCase], k: int) -> np.ndarray:
+    """(B, k) best item indices of (B, N) scores among what each case may rank (-1: none).
+
+    Ties go to the lower item index, as in the metrics.
+    """
+    allowed = np.ones(scores.shape, dtype=bool)
+    for row, case in enumerate(cases):
+        if case.candidates is None:
+            allowed[row, case.history] = False
+        else:
+            allowed[row] = False
+            allowed[row, case.candidates] = True
+    masked = np.where(allowed, scores, -np.inf)
+    order = np.argsort(-masked, axis=1, kind="stable")[:, :k]
+    return np.where(np.take_along_axis(allowed, order, axis=1), order, -1)
+
+
+def ranked_cases(
+    score: Scorer,
+    cases: Sequence[UserCase],
+    ks: tuple[int, ...],
+    batch_size: int = 128,
+    name: str = "method",
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-user metrics (each (U,), in ``cases`` order) and the (U, max(ks)) top lists."""
+    chunks: list[np.ndarray] = []
+    lists: list[np.ndarray] = []
+    for start in range(0, len(cases), batch_size):
+        batch = cases[start : start + batch_size]
+        scores = np.asarray(score([case.history for case in batch]), dtype=np.float64)
+        if not np.isfinite(scores).all():
+            raise MetarecError(f"{name} produced NaN or infinite scores")
+        chunks.append(case_ranks(scores, batch))
+        lists.append(top_items(scores, batch, max(ks)))
+    width = max(chunk.shape[1] for chunk in chunks)
+    ranks = np.concatenate(
+        [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=np.inf) for c in chunks]
+    )
+    return all_metrics(ranks, ks), np.concatenate(lists)
+
+
 def evaluate_cases(
     score: Scorer,
     cases: Sequence[UserCase],
@@ -42,15 +83,4 @@ def evaluate_cases(
     name: str = "method",
 ) -> dict[str, np.ndarray]:
     """Per-user metrics (each a (U,) array, in ``cases`` order) of a scoring function."""
-    chunks: list[np.ndarray] = []
-    for start in range(0, len(cases), batch_size):
-        batch = cases[start : start + batch_size]
-        scores = np.asarray(score([case.history for case in batch]), dtype=np.float64)
-        if not np.isfinite(scores).all():
-            raise MetarecError(f"{name} produced NaN or infinite scores")
-        chunks.append(case_ranks(scores, batch))
-    width = max(chunk.shape[1] for chunk in chunks)
-    ranks = np.concatenate(
-        [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=np.inf) for c in chunks]
-    )
-    return all_metrics(ranks, ks)
+    return ranked_cases(score, cases, ks, batch_size, name)[0]
