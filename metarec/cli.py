@@ -346,6 +346,51 @@ def cmd_rerank(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_explain(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from metarec.meta.explain import explained_items
+    from retrieval.catalogue import load_run
+
+    method, dataset, _ = load_run(args.checkpoint, _data_config(args), args.trust_remote_code)
+    if (args.user is None) == (args.history is None):
+        raise MetarecError("explain: give --user (a user id of the dataset) or --history")
+    if args.history is not None:
+        index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
+        unknown = [item for item in args.history if item not in index_of]
+        if unknown:
+            raise MetarecError(f"--history: unknown item ids {unknown} in {dataset.name}")
+        history = np.array([index_of[item] for item in args.history], dtype=np.int64)
+    else:
+        users = np.flatnonzero(dataset.user_ids == args.user)
+        if len(users) == 0:
+            raise MetarecError(f"--user {args.user}: no such user in {dataset.name}")
+        history = dataset.sequences()[users[0]][: args.support_size]
+    scores = method.score([history])[0]
+    scores[history] = -np.inf
+    items = np.argsort(-scores, kind="stable")[: args.k]
+    title = [text.split(" | ")[0] for text in dataset.item_text]
+    answer = {
+        "user_id": args.user,
+        "history": [{"item_id": int(dataset.item_ids[i]), "title": title[i]} for i in history],
+        "recommendations": explained_items(method, history, items, title, dataset.item_ids),
+    }
+    print(f"history: {'; '.join(title[i] for i in history)}")
+    print("| # | item | score | adaptation Δ | history items that added most |")
+    print("|---|---|---|---|---|")
+    for row in answer["recommendations"]:
+        reasons = ", ".join(
+            f"{c['title']} ({c['contribution']:+.3f})" for c in row["contributors"][:3]
+        )
+        print(
+            f"| {row['rank']} | {row['title']} | {row['score']:.3f} | "
+            f"{row['adaptation_delta']:+.3f} | {reasons} |"
+        )
+    if args.output:
+        _check_writable(args.output)
+        args.output.write_text(json.dumps(answer, indent=2))
+
+
 def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/quick.yaml")
     parser.add_argument(
@@ -492,6 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     _add_remote_code_option(rerank)
     rerank.set_defaults(handler=cmd_rerank)
+
+    explain = commands.add_parser(
+        "explain", help="why a run recommends what it does to one user (leave-one-out)"
+    )
+    _add_data_options(explain)
+    explain.add_argument("--checkpoint", type=Path, required=True, help="metarec train run dir")
+    explain.add_argument("--user", type=int, help="raw user id: explains its first interactions")
+    explain.add_argument("--support-size", type=int, default=10, help="with --user")
+    explain.add_argument("--history", type=_int_list, help="raw item ids, oldest first")
+    explain.add_argument("--k", type=int, default=5, help="recommendations to explain")
+    explain.add_argument("--output", type=Path, help="the explanation as JSON")
+    _add_remote_code_option(explain)
+    explain.set_defaults(handler=cmd_explain)
     return parser
 
 

@@ -59,6 +59,7 @@ def trained_run(tmp_path_factory):
         ),
         meta=MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.5),
         support_sizes=[5, 10],
+        pretrain_epochs=1,
         epochs=1,
         outer_lr=3e-3,
         users_per_batch=16,

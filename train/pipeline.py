@@ -36,7 +36,7 @@ from metarec.eval.evaluate import LLM_METHODS, EvaluateConfig, evaluate
 from metarec.eval.plots import coldstart_curve, training_curves
 from metarec.eval.report import comparison_table
 from metarec.eval.run_report import RunReport, SampleUser, write_report
-from metarec.meta.explain import explain
+from metarec.meta.explain import explained_items
 from metarec.models.text_encoder import cached_text_vectors
 from metarec.provenance import provenance
 from retrieval.catalogue import IndexBuildConfig, build_catalogue_index, load_run
@@ -91,26 +91,20 @@ def sample_users(config: PipelineConfig, run_dir: Path, dataset, rows) -> list[S
         config.train.query_size, config.train.split_seed,
     )  # fmt: skip
     index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
+    titles = [text.split(" | ")[0] for text in dataset.item_text]
     users = []
     for case in split.test[: config.sample_users]:
         user_id = dataset.user_ids[case.user]
         top = rows[rows["user_id"] == user_id].sort_values("rank").head(5)
         items = np.array([index_of[int(item)] for item in top["item_id"]])
-        explanations = explain(method, case.history, items)
-        recommendations = []
-        for explanation in explanations:
-            best = np.argsort(-explanation.contributions, kind="stable")[:2]
-            contributors = [
-                (dataset.item_text[case.history[j]].split(" | ")[0],
-                 float(explanation.contributions[j]))
-                for j in best
-            ]  # fmt: skip
-            title = dataset.item_text[explanation.item].split(" | ")[0]
-            recommendations.append(
-                (title, explanation.score, explanation.adaptation_delta, contributors)
-            )
-        hits = [dataset.item_text[i].split(" | ")[0] for i in items if i in set(case.relevant)]
-        history = [dataset.item_text[i].split(" | ")[0] for i in case.history]
+        explained = explained_items(method, case.history, items, titles, dataset.item_ids)
+        recommendations = [
+            (row["title"], row["score"], row["adaptation_delta"],
+             [(c["title"], c["contribution"]) for c in row["contributors"][:2]])
+            for row in explained
+        ]  # fmt: skip
+        hits = [titles[i] for i in items if i in set(case.relevant)]
+        history = [titles[i] for i in case.history]
         users.append(SampleUser(user_id, history, recommendations, hits))
     return users
 

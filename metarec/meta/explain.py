@@ -43,3 +43,34 @@ def explain(method: LLMRecommender, history: np.ndarray, items: np.ndarray) -> l
         )
         for column, item in enumerate(items)
     ]
+
+
+def explained_items(
+    method: LLMRecommender,
+    history: np.ndarray,
+    items: np.ndarray,
+    titles: list[str],
+    item_ids: np.ndarray,
+) -> list[dict]:
+    """`explain` as JSON-ready dicts with raw ids and titles, contributors best first."""
+    answer = []
+    for rank, explanation in enumerate(explain(method, history, items), start=1):
+        order = np.argsort(-explanation.contributions, kind="stable")
+        answer.append(
+            {
+                "rank": rank,
+                "item_id": int(item_ids[explanation.item]),
+                "title": titles[explanation.item],
+                "score": explanation.score,
+                "adaptation_delta": explanation.adaptation_delta,
+                "contributors": [
+                    {
+                        "item_id": int(item_ids[history[j]]),
+                        "title": titles[history[j]],
+                        "contribution": float(explanation.contributions[j]),
+                    }
+                    for j in order
+                ],
+            }
+        )
+    return answer
