@@ -29,9 +29,10 @@ def build_baseline(name: str, hyperparameters: dict[str, Any]) -> Recommender:
     A section naming no baseline is an error too (a typo there would silently fall
     back to nothing).
     """
+    sections = [*BASELINES, "fusion"]  # fusion's members and grid (metarec.baselines.fusion)
     for section in hyperparameters:
-        if section not in BASELINES:
-            close = difflib.get_close_matches(section, list(BASELINES), n=1)
+        if section not in sections:
+            close = difflib.get_close_matches(section, sections, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"baselines config: unknown section '{section}'{hint}")
     if name not in BASELINES:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from metarec.baselines import build_baseline
 from metarec.baselines.base import Recommender
+from metarec.baselines.fusion import Fusion, FusionConfig
 from metarec.checkpoint import read_checkpoint
 from metarec.config import from_mapping
 from metarec.data.dataset import Dataset
@@ -48,10 +49,11 @@ class EvaluateConfig:
 
 
 LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")
+FUSION_METHODS = ("fusion", "fusion-stack")
 DIVERSITY_DIM = 64  # the shared item embedding diversity@K is measured in
 
 
-def _check_llm_methods(config: EvaluateConfig) -> None:
+def _check_llm_methods(config: EvaluateConfig, names: list[str]) -> None:
     """Fail before loading anything when an LLM method lacks its checkpoint.
 
     A meta-lora run trained with ``pretrain_epochs`` holds its own llm-noadapt run in
@@ -60,7 +62,7 @@ def _check_llm_methods(config: EvaluateConfig) -> None:
     own_baseline = config.checkpoint and config.checkpoint / "pretrained"
     if config.baseline_checkpoint is None and own_baseline and own_baseline.is_dir():
         config.baseline_checkpoint = own_baseline
-    wanted = [name for name in config.methods if name in LLM_METHODS]
+    wanted = [name for name in names if name in LLM_METHODS]
     needs_meta = "meta-lora" in wanted or "llm-finetune" in wanted
     if needs_meta and config.checkpoint is None:
         raise ConfigError("meta-lora and llm-finetune need --checkpoint (a meta-lora run dir)")
@@ -146,17 +148,27 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
         raise ConfigError("no method to evaluate: pass --methods, e.g. pop,itemknn")
     if config.bootstrap_resamples < 1:
         raise ConfigError(f"bootstrap_resamples={config.bootstrap_resamples}: must be at least 1")
-    _check_llm_methods(config)
+    fusion = from_mapping(FusionConfig, config.hyperparameters.get("fusion"), where="fusion")
+    fused = [name for name in config.methods if name in FUSION_METHODS]
+    # members evaluated alone are built once, fitted once, and fused after them
+    members = [name for name in (fusion.members if fused else []) if name not in config.methods]
+    standalone = [name for name in config.methods if name not in FUSION_METHODS]
+    _check_llm_methods(config, standalone + members)
     classical = {
         name: build_baseline(name, config.hyperparameters)
-        for name in config.methods
+        for name in standalone + members
         if name not in LLM_METHODS
     }
     dataset = load_dataset(config.data)
-    methods = {
+    built = {
         name: classical[name] if name in classical else _llm_method(name, config, dataset)
-        for name in config.methods
+        for name in standalone + members
     }
+    prefitted: set[str] = set()
+    methods = {name: built[name] for name in standalone}
+    for name in fused:
+        chosen = {member: built[member] for member in fusion.members}
+        methods[name] = Fusion(fusion, chosen, stacking=name == "fusion-stack", prefitted=prefitted)
     split = make_split(dataset.sequences(), dataset.n_items, config.protocol, dataset.user_ids)
     ks = config.protocol.cutoffs()
     # beyond-accuracy references, from what methods may train on and the same for all of them
@@ -170,6 +182,7 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     for name, method in tqdm(methods.items(), desc="methods", unit="method"):
         started = time.perf_counter()
         method.fit(split.train_sequences, split.n_items, split.valid)
+        prefitted.add(name)
         fitted = time.perf_counter()
         per_user[name], lists = ranked_cases(method.score, split.test, ks, name=name)
         catalogue[name] = {}
@@ -197,5 +210,6 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
             for name, metrics in per_user.items()
         },
         "seconds": seconds,
+        "fusion_weights": {name: methods[name].weights for name in fused},
     }
     return Evaluation(dataset, split, per_user, summary)
