@@ -391,6 +391,46 @@ def cmd_explain(args: argparse.Namespace) -> None:
         args.output.write_text(json.dumps(answer, indent=2))
 
 
+def cmd_online(args: argparse.Namespace) -> None:
+    from metarec.data.splits import coldstart_users
+    from metarec.eval.online import OnlineConfig, replay
+    from retrieval.catalogue import load_run
+
+    config = OnlineConfig(
+        start=args.start, events=args.events, window=args.window, batch_size=args.batch_size
+    )
+    _check_writable(args.output)
+    method, dataset, _ = load_run(args.checkpoint, _data_config(args), args.trust_remote_code)
+    if method.trained_on.get("protocol", "coldstart") != "coldstart":
+        raise MetarecError(
+            f"{args.checkpoint}: online replays coldstart test users; not a coldstart run"
+        )
+    _, _, test_users = coldstart_users(dataset.n_users, method.trained_on.get("split_seed", 0))
+    sequences = dataset.sequences()
+    streams = [
+        sequences[u]
+        for u in sorted(test_users)
+        if len(sequences[u]) >= config.start + config.events
+    ]
+    results = {}
+    for strategy in [name.strip() for name in args.strategies.split(",") if name.strip()]:
+        results[strategy], _ = replay(method, streams, strategy, config)
+    print(
+        f"{len(streams)} test users, first {config.start} items given, {config.events} events each"
+    )
+    print("| strategy | ndcg@10 | hr@10 | adaptation token-steps | adaptation s |")
+    print("|---|---|---|---|---|")
+    for strategy, row in results.items():
+        print(
+            f"| {strategy} | {row['ndcg@10']:.4f} | {row['hr@10']:.4f} | "
+            f"{row['adaptation_token_steps']} | {row['adaptation_seconds']:.1f} |"
+        )
+    if args.output:
+        args.output.write_text(
+            json.dumps({"config": vars(config), "strategies": results}, indent=2)
+        )
+
+
 def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/quick.yaml")
     parser.add_argument(
@@ -550,6 +590,20 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--output", type=Path, help="the explanation as JSON")
     _add_remote_code_option(explain)
     explain.set_defaults(handler=cmd_explain)
+
+    online = commands.add_parser(
+        "online", help="replay test users' streams: no updates vs full re-adaptation vs incremental"
+    )
+    _add_data_options(online)
+    online.add_argument("--checkpoint", type=Path, required=True, help="coldstart run dir")
+    online.add_argument("--strategies", default="none,full,incremental")
+    online.add_argument("--start", type=int, default=5, help="items given before the first event")
+    online.add_argument("--events", type=int, default=15, help="scored events per user")
+    online.add_argument("--window", type=int, default=10, help="incremental: recent items per step")
+    online.add_argument("--batch-size", type=int, default=64)
+    online.add_argument("--output", type=Path, help="results JSON")
+    _add_remote_code_option(online)
+    online.set_defaults(handler=cmd_online)
     return parser
 
 
