@@ -431,6 +431,26 @@ def cmd_online(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from train.tune import SearchSpace, TuneConfig, tune
+
+    args.output_dir = None
+    space = SearchSpace()
+    if args.space is not None:
+        space = from_mapping(SearchSpace, load_yaml(args.space), where=f"{args.space}: space")
+    config = TuneConfig(
+        train=_train_config(args),
+        study_dir=args.study_dir,
+        sampler=args.sampler,
+        trials=args.trials,
+        space=space,
+        seed=args.seed,
+    )
+    best = tune(config)
+    print(json.dumps(best, indent=2))
+    print(f"wrote {args.study_dir / 'best.yaml'}")
+
+
 def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/quick.yaml")
     parser.add_argument(
@@ -604,6 +624,17 @@ def build_parser() -> argparse.ArgumentParser:
     online.add_argument("--output", type=Path, help="results JSON")
     _add_remote_code_option(online)
     online.set_defaults(handler=cmd_online)
+
+    tune = commands.add_parser(
+        "tune", help="hyper-parameter search (Optuna: grid, random, TPE) on validation users"
+    )
+    _add_train_config_options(tune)
+    tune.add_argument("--study-dir", type=Path, required=True, help="trials, study.db, best.yaml")
+    tune.add_argument("--sampler", choices=("grid", "random", "tpe"), default="tpe")
+    tune.add_argument("--trials", type=int, default=20, help="finished trials to reach")
+    tune.add_argument("--space", type=Path, help="YAML search space (train/tune.py SearchSpace)")
+    tune.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    tune.set_defaults(handler=cmd_tune)
     return parser
 
 
