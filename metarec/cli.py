@@ -451,6 +451,32 @@ def cmd_tune(args: argparse.Namespace) -> None:
     print(f"wrote {args.study_dir / 'best.yaml'}")
 
 
+def cmd_bandit(args: argparse.Namespace) -> None:
+    from metarec.eval.bandit import BanditConfig, compare_policies
+    from metarec.eval.plots import reward_curves
+    from retrieval.catalogue import load_run
+
+    config = BanditConfig(
+        support_size=args.support_size, rounds=args.rounds, arms=args.arms, pool=args.pool,
+        epsilon=args.epsilon, alpha=args.alpha, seed=args.seed,
+    )  # fmt: skip
+    for output in (args.output, args.plot):
+        _check_writable(output)
+    method, dataset, _ = load_run(args.checkpoint, _data_config(args), args.trust_remote_code)
+    results, rewards = compare_policies(method, dataset, config)
+    print(f"{results['events']} logged events: {results['users']} cold users x {config.rounds} "
+          f"rounds, {config.arms} arms from the top {config.pool}")  # fmt: skip
+    print("| policy | counted events | CTR (95% CI) | x greedy |\n|---|---|---|---|")
+    for kind, row in results["policies"].items():
+        low, high = row["ctr_ci"]
+        print(f"| {kind} | {row['events']} | {row['ctr']:.4f} [{low:.4f}, {high:.4f}] | "
+              f"{row['vs_greedy']:.2f} |")  # fmt: skip
+    if args.plot:
+        reward_curves(rewards, args.plot)
+    if args.output:
+        args.output.write_text(json.dumps({"config": vars(config), **results}, indent=2))
+
+
 def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/quick.yaml")
     parser.add_argument(
@@ -635,6 +661,23 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--space", type=Path, help="YAML search space (train/tune.py SearchSpace)")
     tune.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     tune.set_defaults(handler=cmd_tune)
+
+    bandit = commands.add_parser(
+        "bandit", help="replay evaluation of exploration policies over adapted candidates"
+    )
+    _add_data_options(bandit)
+    bandit.add_argument("--checkpoint", type=Path, required=True, help="coldstart run dir")
+    bandit.add_argument("--support-size", type=int, default=10)
+    bandit.add_argument("--rounds", type=int, default=20, help="logged displays per user")
+    bandit.add_argument("--arms", type=int, default=5, help="arms per display")
+    bandit.add_argument("--pool", type=int, default=50, help="arms come from this top-N")
+    bandit.add_argument("--epsilon", type=float, default=0.1)
+    bandit.add_argument("--alpha", type=float, default=1.0, help="LinUCB width, Thompson scale")
+    bandit.add_argument("--seed", type=int, default=0)
+    bandit.add_argument("--output", type=Path, help="results JSON")
+    bandit.add_argument("--plot", type=Path, help="cumulative reward curves PNG")
+    _add_remote_code_option(bandit)
+    bandit.set_defaults(handler=cmd_bandit)
     return parser
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only: no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -53,6 +54,25 @@ def training_curves(history: list[dict], path: Path) -> None:
         axes.set_xlabel("epoch (p = pretraining, m = meta-training)")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def reward_curves(rewards: dict[str, np.ndarray], path: Path) -> None:
+    """Cumulative reward against counted events, one line per bandit policy."""
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for policy, values in rewards.items():
+        axes.plot(
+            np.arange(1, len(values) + 1),
+            np.cumsum(values),
+            label=f"{policy} (CTR {values.mean():.3f})",
+        )
+    axes.set_xlabel("events where the policy chose the logged arm")
+    axes.set_ylabel("cumulative reward")
+    axes.set_title("Replay evaluation of exploration policies (cold users)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
