@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from metarec.atomic import atomic_file
+from metarec.data.dataset import Dataset
 from metarec.data.prepare import load_dataset
 from metarec.data.splits import ProtocolConfig, coldstart_split
 from metarec.errors import ConfigError
@@ -82,7 +84,9 @@ class Steps:
         print(f"<== {name}: {self.seconds[name]:.1f} s", flush=True)
 
 
-def sample_users(config: PipelineConfig, run_dir: Path, dataset, rows) -> list[SampleUser]:
+def sample_users(
+    config: PipelineConfig, run_dir: Path, dataset: Dataset, rows: pd.DataFrame
+) -> list[SampleUser]:
     """The first test users of the rerank, their top 5 and why (`metarec.meta.explain`)."""
     remote_code = config.train.model.backbone.trust_remote_code
     method, _, _ = load_run(run_dir, config.train.data, remote_code)
