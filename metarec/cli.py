@@ -477,6 +477,21 @@ def cmd_bandit(args: argparse.Namespace) -> None:
         args.output.write_text(json.dumps({"config": vars(config), **results}, indent=2))
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    from train.distill import DistillConfig, distill
+
+    config = DistillConfig(
+        train=_train_config(args),
+        teacher=args.teacher,
+        distill_epochs=args.distill_epochs,
+        temperature=args.temperature,
+        weight=args.weight,
+    )
+    _check_writable(config.train.output_dir / "config.json")
+    history = distill(config)
+    print(json.dumps(history[-1], indent=2))
+
+
 def _add_train_config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/quick.yaml")
     parser.add_argument(
@@ -678,6 +693,18 @@ def build_parser() -> argparse.ArgumentParser:
     bandit.add_argument("--plot", type=Path, help="cumulative reward curves PNG")
     _add_remote_code_option(bandit)
     bandit.set_defaults(handler=cmd_bandit)
+
+    distill = commands.add_parser(
+        "distill",
+        help="distil a meta-trained teacher run into a smaller student, then meta-train it",
+    )
+    _add_train_config_options(distill)
+    distill.add_argument("--teacher", type=Path, required=True, help="the teacher's run dir")
+    distill.add_argument("--output-dir", type=Path, help="the student's run dir")
+    distill.add_argument("--distill-epochs", type=int, default=2)
+    distill.add_argument("--temperature", type=float, default=2.0)
+    distill.add_argument("--weight", type=float, default=0.5, help="share of the KL term")
+    distill.set_defaults(handler=cmd_distill)
     return parser
 
 

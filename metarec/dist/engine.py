@@ -20,7 +20,7 @@ the recipe adds the data position and RNG states.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +34,14 @@ from metarec.data.episodes import EpisodeBatch, collate
 from metarec.dist.ds_config import load_ds_config, micro_batch_size, resolve_ds_config
 from metarec.errors import ConfigError
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
+from metarec.meta.inner_loop import LossFn
 from metarec.meta.personalise import query_loss_fn, support_loss_fn
 from metarec.models.activation_checkpointing import enable_activation_checkpointing
 from metarec.models.lora import initial_fast_weights
 from metarec.models.user_model import UserModel
 
 Episode = tuple[np.ndarray, np.ndarray]  # (support items, query items)
+QueryLossBuilder = Callable[[UserModel, EpisodeBatch, torch.Tensor], LossFn]
 
 
 @dataclass
@@ -62,6 +64,8 @@ class MetaStepModule(nn.Module):
         self.model = model
         self.rates = rates
         self.meta = meta
+        # what the adapted weights are judged by; distillation swaps in a teacher's targets
+        self.query_loss: QueryLossBuilder = query_loss_fn
 
     def directly_read_parameters(self) -> list[nn.Parameter]:
         """Parameters used outside their own module's forward (ZeRO-3 must gather them)."""
@@ -81,7 +85,7 @@ class MetaStepModule(nn.Module):
         objective, _ = meta_objective(
             self.meta,
             support_loss_fn(self.model, batch),
-            query_loss_fn(self.model, batch, excluded),
+            self.query_loss(self.model, batch, excluded),
             initial_fast_weights(self.model.lora_layers, len(support)),
             self.rates,
         )

@@ -49,7 +49,11 @@ def adapt_batch(
 ) -> FastWeights:
     """Each user's fast weights after ``steps`` first-order support steps, detached."""
     lr, proximal = inner_loop_settings(meta, rates)
-    start = initial_fast_weights(model.lora_layers, len(batch.support))
+    # leaves of their own: works under no_grad and with a frozen model (a distillation teacher)
+    start = {
+        name: (a.detach().requires_grad_(), b.detach().requires_grad_())
+        for name, (a, b) in initial_fast_weights(model.lora_layers, len(batch.support)).items()
+    }
     with torch.enable_grad():
         fast = adapt(support_loss_fn(model, batch), start, steps, lr, False, proximal)
     return {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
