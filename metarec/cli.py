@@ -397,7 +397,11 @@ def cmd_online(args: argparse.Namespace) -> None:
     from retrieval.catalogue import load_run
 
     config = OnlineConfig(
-        start=args.start, events=args.events, window=args.window, batch_size=args.batch_size
+        start=args.start,
+        events=args.events,
+        window=args.window,
+        incremental_lr_scale=args.incremental_lr_scale,
+        batch_size=args.batch_size,
     )
     _check_writable(args.output)
     method, dataset, _ = load_run(args.checkpoint, _data_config(args), args.trust_remote_code)
@@ -405,18 +409,20 @@ def cmd_online(args: argparse.Namespace) -> None:
         raise MetarecError(
             f"{args.checkpoint}: online replays coldstart test users; not a coldstart run"
         )
-    _, _, test_users = coldstart_users(dataset.n_users, method.trained_on.get("split_seed", 0))
+    _, valid_users, test_users = coldstart_users(
+        dataset.n_users, method.trained_on.get("split_seed", 0)
+    )
+    users = test_users if args.split_users == "test" else valid_users  # valid: to pick settings
     sequences = dataset.sequences()
     streams = [
-        sequences[u]
-        for u in sorted(test_users)
-        if len(sequences[u]) >= config.start + config.events
+        sequences[u] for u in sorted(users) if len(sequences[u]) >= config.start + config.events
     ]
     results = {}
     for strategy in [name.strip() for name in args.strategies.split(",") if name.strip()]:
         results[strategy], _ = replay(method, streams, strategy, config)
     print(
-        f"{len(streams)} test users, first {config.start} items given, {config.events} events each"
+        f"{len(streams)} {args.split_users} users, first {config.start} items given, "
+        f"{config.events} events each"
     )
     print("| strategy | ndcg@10 | hr@10 | adaptation token-steps | adaptation s |")
     print("|---|---|---|---|---|")
@@ -658,9 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(online)
     online.add_argument("--checkpoint", type=Path, required=True, help="coldstart run dir")
     online.add_argument("--strategies", default="none,full,incremental")
+    online.add_argument("--split-users", choices=("test", "valid"), default="test")
     online.add_argument("--start", type=int, default=5, help="items given before the first event")
     online.add_argument("--events", type=int, default=15, help="scored events per user")
-    online.add_argument("--window", type=int, default=10, help="incremental: recent items per step")
+    online.add_argument("--window", type=int, default=5, help="incremental: recent items per step")
+    online.add_argument(
+        "--incremental-lr-scale", type=float, default=0.3, help="incremental step lr / inner lr"
+    )
     online.add_argument("--batch-size", type=int, default=64)
     online.add_argument("--output", type=Path, help="results JSON")
     _add_remote_code_option(online)

@@ -9,8 +9,8 @@ history. What happens to the fast weights between events is the strategy:
 - ``none``: adapted once on the first ``start`` items, then kept;
 - ``full``: re-adapted from the meta-learned initialisation on the whole history, with the
   run's inner steps, after every event;
-- ``incremental``: one inner step from the current fast weights on the most recent
-  ``window`` items after every event.
+- ``incremental``: one inner step (at ``incremental_lr_scale`` × the inner lr) from the
+  current fast weights on the most recent ``window`` items after every event.
 
 Compute is counted as adaptation token-steps (history positions × inner steps, each a
 forward and backward pass) and timed. All users of a batch move through time together.
@@ -40,7 +40,10 @@ STRATEGIES = ("none", "full", "incremental")
 class OnlineConfig:
     start: int = 5  # items given before the first scored event
     events: int = 15  # scored events per user (users with fewer items are skipped)
-    window: int = 10  # incremental: the step's loss covers the most recent items only
+    # incremental: the step's loss covers the most recent items only, at a fraction of the
+    # inner lr (both picked on ml-100k validation users: docs/benchmarks.md)
+    window: int = 5
+    incremental_lr_scale: float = 0.3
     batch_size: int = 64
 
     def __post_init__(self) -> None:
@@ -49,10 +52,14 @@ class OnlineConfig:
 
 
 def _adapted(
-    method: LLMRecommender, histories: np.ndarray, start: FastWeights | None, steps: int
+    method: LLMRecommender,
+    histories: np.ndarray,
+    start: FastWeights | None,
+    steps: int,
+    lr_scale: float = 1.0,
 ) -> FastWeights:
     """Fast weights after ``steps`` support steps on (U, T) ``histories`` from ``start``
-    (None: the meta-learned initialisation)."""
+    (None: the meta-learned initialisation), the inner learning rate times ``lr_scale``."""
     model = method.model
     batch = collate(list(histories), [np.empty(0, dtype=np.int64)] * len(histories))
     if start is None:
@@ -63,6 +70,10 @@ def _adapted(
             for n, (a, b) in start.items()
         }
     lr, proximal = inner_loop_settings(method.meta, method.rates)
+    if isinstance(lr, dict):
+        lr = {name: (a * lr_scale, b * lr_scale) for name, (a, b) in lr.items()}
+    else:
+        lr = lr * lr_scale
     with torch.enable_grad():
         fast = adapt(support_loss_fn(model, batch), start, steps, lr, False, proximal)
     return {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
@@ -114,7 +125,7 @@ def replay(
                     token_steps += seen.size * steps
                 elif strategy == "incremental":
                     recent = seen[:, -config.window :]
-                    fast = _adapted(method, recent, fast, 1)
+                    fast = _adapted(method, recent, fast, 1, config.incremental_lr_scale)
                     token_steps += recent.size
                 seconds += time.perf_counter() - started
             ranks.append(np.stack(batch_ranks, axis=1))
