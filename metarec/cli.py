@@ -26,6 +26,7 @@ from metarec.config import from_mapping, load_yaml
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import PROTOCOLS, ProtocolConfig
 from metarec.errors import MetarecError
+from metarec.eval.report import write_json
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -99,7 +100,7 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from metarec.eval.evaluate import EvaluateConfig, evaluate
-    from metarec.eval.report import markdown_table, write_json, write_per_user
+    from metarec.eval.report import markdown_table, write_per_user
 
     for output in (args.output, args.per_user_output):
         _check_writable(output)
@@ -310,7 +311,7 @@ def cmd_index_search(args: argparse.Namespace) -> None:
             print(f"  {rank:3d}  {hit['item_id']:>10}  {hit['score']:9.4f}{text}")
     if args.output:
         _check_writable(args.output)
-        args.output.write_text(json.dumps(answers, indent=2))
+        write_json(args.output, answers)
 
 
 def cmd_rerank(args: argparse.Namespace) -> None:
@@ -388,7 +389,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
         )
     if args.output:
         _check_writable(args.output)
-        args.output.write_text(json.dumps(answer, indent=2))
+        write_json(args.output, answer)
 
 
 def cmd_online(args: argparse.Namespace) -> None:
@@ -432,9 +433,7 @@ def cmd_online(args: argparse.Namespace) -> None:
             f"{row['adaptation_token_steps']} | {row['adaptation_seconds']:.1f} |"
         )
     if args.output:
-        args.output.write_text(
-            json.dumps({"config": vars(config), "strategies": results}, indent=2)
-        )
+        write_json(args.output, {"config": vars(config), "strategies": results})
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -480,7 +479,7 @@ def cmd_bandit(args: argparse.Namespace) -> None:
     if args.plot:
         reward_curves(rewards, args.plot)
     if args.output:
-        args.output.write_text(json.dumps({"config": vars(config), **results}, indent=2))
+        write_json(args.output, {"config": vars(config), **results})
 
 
 def cmd_distill(args: argparse.Namespace) -> None:

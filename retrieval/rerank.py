@@ -132,10 +132,12 @@ def rerank_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` item indices (U, k) and scores (U, k) of adapted users; -1 = none.
 
-    Ties in score go to the lower item index, as in full-catalogue evaluation.
+    The model reads each history's most recent ``max_len`` items; every item of the
+    history is excluded. Ties in score go to the lower item index, as in evaluation.
     """
     model = method.model
-    batch = collate(histories, [np.empty(0, dtype=np.int64)] * len(histories))
+    recent = [history[-model.config.max_len :] for history in histories]
+    batch = collate(recent, [np.empty(0, dtype=np.int64)] * len(histories))
     states = adapted_states(model, batch, method.meta, method.rates, method.inner_steps)
     widest = max(len(history) for history in histories)
     found, _ = index.search(states.float().numpy(), n_candidates + widest)
@@ -160,18 +162,17 @@ def _shard_rows(
     progress: tqdm,
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """One shard's output rows, and its users that could not be scored with the reason."""
-    max_len = method.model.config.max_len
     failures = {str(user.user_id): user.problem for user in users if user.problem}
     scorable = [user for user in users if str(user.user_id) not in failures]
     frames = []
     for start in range(0, len(scorable), config.batch_size):
         part = scorable[start : start + config.batch_size]
-        histories = [user.history[-max_len:] for user in part]
+        histories = [user.history for user in part]
         items, scores = rerank_batch(method, index, histories, config.candidates, config.top_k)
         for user, user_items, user_scores in zip(part, items, scores, strict=True):
             real = user_items >= 0
-            if not np.isfinite(user_scores[real]).all():
-                failures[str(user.user_id)] = "non-finite scores after adaptation"
+            if not real.any() or not np.isfinite(user_scores[real]).all():
+                failures[str(user.user_id)] = "no finite candidate scores after adaptation"
                 continue
             frames.append(
                 pd.DataFrame(
@@ -192,18 +193,17 @@ def _shard_rows(
 def _claim_output_dir(config: RerankConfig, job: dict, rank: int) -> None:
     """Record the job in ``job.json``; a rerun must be the same job, not another one."""
     path = config.output_dir / "job.json"
-    if rank == 0:
-        if path.is_file():
-            previous = json.loads(path.read_text())
-            if previous != job:
-                changed = sorted(k for k in job if previous.get(k) != job[k])
-                raise MetarecError(
-                    f"{config.output_dir} holds another job (differs in {changed}); "
-                    "use a new --output-dir"
-                )
-        else:
-            with atomic_file(path) as temporary:
-                temporary.write_text(json.dumps(job, indent=2))
+    if path.is_file():  # every rank reads it, so every rank stops together
+        previous = json.loads(path.read_text())
+        if previous != job:
+            changed = sorted(k for k in job if previous.get(k) != job[k])
+            raise MetarecError(
+                f"{config.output_dir} holds another job (differs in {changed}); "
+                "use a new --output-dir"
+            )
+    elif rank == 0:
+        with atomic_file(path) as temporary:
+            temporary.write_text(json.dumps(job, indent=2))
     if dist.is_initialized():
         dist.barrier()
 

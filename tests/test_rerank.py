@@ -160,3 +160,15 @@ def test_index_search_for_a_history_lists_the_full_catalogue_top_k(trained_run, 
     scores[history] = -np.inf
     expected = np.lexsort((np.arange(len(scores)), -scores))[:4]
     assert [hit["item_id"] for hit in answers[0]] == dataset.item_ids[expected].tolist()
+
+
+def test_items_older_than_the_model_window_are_still_excluded(trained_run):
+    folder, data, _ = trained_run
+    method, dataset, _ = load_run(folder / "run", data)
+    method.model.config.max_len = 3  # the model reads 3 items; all 12 are the user's past
+    index = load_index(folder / "index")
+    histories = [sequence[:12] for sequence in dataset.sequences()[:8]]
+    with method.model.frozen_item_vectors():
+        items, _ = rerank_batch(method, index, histories, 40, 20)
+    for history, recommended in zip(histories, items, strict=True):
+        assert not set(history) & set(recommended[recommended >= 0])

@@ -43,6 +43,7 @@ def test_random_search_resumes_and_writes_the_best_config(tiny_yaml, tmp_path):
     assert main([*command, "--trials", "3"]) == 0  # one more trial, the first two kept
     trials = study(tmp_path / "study").trials
     assert len(trials) == 3 and [t.params for t in trials[:2]] == first
+    assert trials[2].params not in first  # the resumed sampler draws anew
     best = max(trials, key=lambda t: t.value)
     best_config = from_mapping(
         TrainConfig, yaml.safe_load((tmp_path / "study" / "best.yaml").read_text())

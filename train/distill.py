@@ -92,8 +92,9 @@ class DistillRecipe(MetaTrainRecipe):
         super().setup()
         folder = self.distill.teacher / "checkpoint"
         self.teacher = LLMRecommender.from_checkpoint(
-            folder, self.item_text, self.config.data.cache_dir.expanduser()
-        )
+            folder, self.item_text, self.config.data.cache_dir.expanduser(),
+            trust_remote_code=self.config.model.backbone.trust_remote_code,
+        )  # fmt: skip
         self.teacher.model.requires_grad_(False)
         copied = self.start_from_teacher(folder)
         print(f"student starts from {copied} teacher tensors")

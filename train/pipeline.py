@@ -19,6 +19,7 @@ Each step prints its wall time; ``timings.json`` keeps them.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -160,6 +161,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
     with atomic_file(run_dir / "results.json") as temporary:
         temporary.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=2))
     with steps("batch rerank"):
+        shutil.rmtree(run_dir / "rerank", ignore_errors=True)  # a re-run retrained the model
         rerank = RerankConfig(
             run=run_dir, index=run_dir / "index", output_dir=run_dir / "rerank", data=data,
             support_size=config.rerank_support_size, trust_remote_code=remote_code,

@@ -70,24 +70,23 @@ def suggest(trial: optuna.Trial, space: SearchSpace, base: TrainConfig, folder: 
     )
 
 
-def _sampler(config: TuneConfig) -> optuna.samplers.BaseSampler:
+def _sampler(config: TuneConfig, trials_so_far: int) -> optuna.samplers.BaseSampler:
+    # a resumed study must not replay the first run's draws: offset the seed by its trials
+    seed = config.seed + trials_so_far
     if config.sampler == "grid":
-        return optuna.samplers.GridSampler(asdict(config.space), seed=config.seed)
+        return optuna.samplers.GridSampler(asdict(config.space), seed=seed)
     if config.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=config.seed)
-    return optuna.samplers.TPESampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
 
 
 def tune(config: TuneConfig) -> dict:
     """Run trials until ``config.trials`` have finished; returns the best trial's summary."""
     config.study_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name="metarec",
-        storage=f"sqlite:///{config.study_dir / 'study.db'}",
-        sampler=_sampler(config),
-        direction="maximize",
-        load_if_exists=True,
-    )
+    storage = f"sqlite:///{config.study_dir / 'study.db'}"
+    study = optuna.create_study(study_name="metarec", storage=storage, direction="maximize",
+                                load_if_exists=True)  # fmt: skip
+    study.sampler = _sampler(config, len(study.trials))
     if study.user_attrs.get("sampler", config.sampler) != config.sampler:
         raise ConfigError(
             f"{config.study_dir}: the study was started with the "
@@ -100,7 +99,7 @@ def tune(config: TuneConfig) -> dict:
             trial, config.space, config.train, config.study_dir / f"trial-{trial.number}"
         )
         history = run(trial_config)
-        return max(row["valid_ndcg@10_after"] for row in history)
+        return max(row["valid_ndcg@10_after"] for row in history if row["stage"] == "meta")
 
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     remaining = config.trials - len(finished)

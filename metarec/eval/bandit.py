@@ -97,6 +97,10 @@ class BanditConfig:
     alpha: float = 1.0  # LinUCB's bound width, Thompson's posterior scale
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not 2 <= self.arms <= self.pool:
+            raise ConfigError(f"bandit: need 2 <= arms ({self.arms}) <= pool ({self.pool})")
+
 
 def logged_events(
     scores: np.ndarray,
@@ -152,6 +156,6 @@ def compare_policies(
             "events": len(values),
             "ctr": float(values.mean()),
             "ctr_ci": list(bootstrap_ci(values, 1000, seed=config.seed)),
-            "vs_greedy": float(values.mean() / greedy),
+            "vs_greedy": float(values.mean() / greedy) if greedy > 0 else float("nan"),
         }
     return {"events": len(events), "users": len(histories), "policies": policies}, rewards

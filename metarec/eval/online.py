@@ -82,9 +82,11 @@ def _adapted(
 def _next_item_ranks(
     method: LLMRecommender, histories: np.ndarray, fast: FastWeights, targets: np.ndarray
 ) -> np.ndarray:
-    """(U,) rank of each target among items not in its (U, T) history."""
+    """(U,) rank of each target among items not in its (U, T) history (the model reads
+    the last ``max_len`` items)."""
     model = method.model
-    batch = collate(list(histories), [np.empty(0, dtype=np.int64)] * len(histories))
+    recent = histories[:, -model.config.max_len :]
+    batch = collate(list(recent), [np.empty(0, dtype=np.int64)] * len(histories))
     with torch.no_grad():
         scores = model.scores(last_states(model, batch, fast)).float().numpy()
     excluded = np.zeros(scores.shape, dtype=bool)
@@ -116,8 +118,7 @@ def replay(
             seconds += time.perf_counter() - started
             batch_ranks = []
             for t in range(config.start, config.start + config.events):
-                history = users[:, max(0, t - max_len) : t]
-                batch_ranks.append(_next_item_ranks(method, history, fast, users[:, t]))
+                batch_ranks.append(_next_item_ranks(method, users[:, :t], fast, users[:, t]))
                 seen = users[:, max(0, t + 1 - max_len) : t + 1]  # the event joins the history
                 started = time.perf_counter()
                 if strategy == "full":

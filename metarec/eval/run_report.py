@@ -40,19 +40,25 @@ class RunReport:
     provenance: dict
 
 
+def _cell(text: str) -> str:
+    """Item text safe inside a Markdown table cell and the HTML rendered from it."""
+    return html.escape(text).replace("|", "\\|")
+
+
 def _user_section(user: SampleUser) -> str:
     lines = [
         f"### User {user.user_id}",
         "",
-        f"History ({len(user.history)} items, oldest first): " + "; ".join(user.history),
+        f"History ({len(user.history)} items, oldest first): "
+        + "; ".join(_cell(title) for title in user.history),
         "",
         "| # | recommended | score | adaptation changed it by | history items that added most |",
         "|---|---|---|---|---|",
     ]
     for rank, (title, score, delta, contributors) in enumerate(user.recommendations, start=1):
-        reasons = ", ".join(f"{name} ({value:+.2f})" for name, value in contributors)
-        lines.append(f"| {rank} | {title} | {score:.2f} | {delta:+.2f} | {reasons} |")
-    hits = "; ".join(user.relevant_hits) if user.relevant_hits else "none"
+        reasons = ", ".join(f"{_cell(name)} ({value:+.2f})" for name, value in contributors)
+        lines.append(f"| {rank} | {_cell(title)} | {score:.2f} | {delta:+.2f} | {reasons} |")
+    hits = "; ".join(_cell(t) for t in user.relevant_hits) if user.relevant_hits else "none"
     lines += ["", f"Of these, watched next by the user (held out): {hits}.", ""]
     return "\n".join(lines)
 

@@ -27,6 +27,9 @@ from metarec.models.item_init import svd_item_embeddings
 from metarec.models.lora import BatchedLoRALinear, LoRAConfig, inject_lora, layer_index
 from metarec.models.text_encoder import cached_text_vectors
 
+# Hugging Face decoders that `run_layers` can split at a layer (no input scaling, one norm)
+SPLITTABLE_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
 
 @dataclass
 class UserModelConfig:
@@ -162,7 +165,9 @@ class UserModel(nn.Module):
         only: the cached states carry no gradient to the item side.
         """
         first = self.first_adapted_layer()
-        if first > 0:
+        previous = self.prefix
+        # only decoder stacks whose forward is embeddings -> layers -> norm can be split
+        if first > 0 and self.backbone.config.model_type in SPLITTABLE_MODEL_TYPES:
             with torch.no_grad():
                 inputs = self.input_projection(self.item_vectors()[items])
                 mask = self._attention_mask(items, lengths)
@@ -170,7 +175,7 @@ class UserModel(nn.Module):
         try:
             yield
         finally:
-            self.prefix = None
+            self.prefix = previous
 
     def scores(self, states: torch.Tensor) -> torch.Tensor:
         """(..., N) scores of (..., item_dim) states against every item."""
