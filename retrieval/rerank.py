@@ -90,7 +90,8 @@ class UserInput:
 
 
 def file_inputs(path: Path, dataset: Dataset) -> list[UserInput]:
-    """Users of a histories table, in order of first appearance; items in time order."""
+    """Users of a histories table, items in time order (file order without timestamps);
+    users in order of their first row after that sort."""
     table = read_table(path, HISTORY_COLUMNS)
     if "timestamp" in table.columns:
         table = table.sort_values(["timestamp", "line"], kind="stable")

@@ -123,8 +123,9 @@ class Fusion(Recommender):
 
     def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
         for name, member in self.members.items():
-            if name not in self.prefitted:  # members also evaluated alone are fitted once
+            if name not in self.prefitted:  # members shared with other methods are fitted once
                 member.fit(train_sequences, n_items, valid)
+                self.prefitted.add(name)
         if not valid:
             raise ConfigError("fusion learns its weights on validation users; this split has none")
         normalised = self._normalised([case.history for case in valid])
