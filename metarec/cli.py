@@ -20,9 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from metarec.config import from_mapping, load_yaml
+from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import PROTOCOLS, ProtocolConfig
 from metarec.errors import MetarecError
@@ -78,6 +80,15 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
+
+
+def _history_indices(dataset: Dataset, raw_items: list[int]) -> np.ndarray:
+    """``--history`` raw item ids as the dataset's item indices, or an error naming the unknown."""
+    positions = dataset.item_positions()
+    unknown = [item for item in raw_items if item not in positions]
+    if unknown:
+        raise MetarecError(f"--history: unknown item ids {unknown} in {dataset.name}")
+    return np.array([positions[item] for item in raw_items], dtype=np.int64)
 
 
 def _check_writable(path: Path | None) -> None:
@@ -264,7 +275,6 @@ def cmd_index_build(args: argparse.Namespace) -> None:
 
 
 def cmd_index_search(args: argparse.Namespace) -> None:
-    import numpy as np
 
     from retrieval.catalogue import load_run
     from retrieval.index import load_index
@@ -290,11 +300,7 @@ def cmd_index_search(args: argparse.Namespace) -> None:
             args.checkpoint, _data_config(args), args.trust_remote_code
         )
         index = load_index(args.index, encoder=fingerprint)
-        index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
-        unknown = [item for item in args.history if item not in index_of]
-        if unknown:
-            raise MetarecError(f"--history: unknown item ids {unknown} in {dataset.name}")
-        history = np.array([index_of[item] for item in args.history], dtype=np.int64)
+        history = _history_indices(dataset, args.history)
         with method.model.frozen_item_vectors():
             items, scores = rerank_batch(method, index, [history], args.k, args.k)
         answers = [
@@ -348,7 +354,6 @@ def cmd_rerank(args: argparse.Namespace) -> None:
 
 
 def cmd_explain(args: argparse.Namespace) -> None:
-    import numpy as np
 
     from metarec.meta.explain import explained_items
     from retrieval.catalogue import load_run
@@ -357,11 +362,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     if (args.user is None) == (args.history is None):
         raise MetarecError("explain: give --user (a user id of the dataset) or --history")
     if args.history is not None:
-        index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
-        unknown = [item for item in args.history if item not in index_of]
-        if unknown:
-            raise MetarecError(f"--history: unknown item ids {unknown} in {dataset.name}")
-        history = np.array([index_of[item] for item in args.history], dtype=np.int64)
+        history = _history_indices(dataset, args.history)
     else:
         users = np.flatnonzero(dataset.user_ids == args.user)
         if len(users) == 0:
@@ -370,7 +371,7 @@ def cmd_explain(args: argparse.Namespace) -> None:
     scores = method.score([history])[0]
     scores[history] = -np.inf
     items = np.argsort(-scores, kind="stable")[: args.k]
-    title = [text.split(" | ")[0] for text in dataset.item_text]
+    title = dataset.titles()
     answer = {
         "user_id": args.user,
         "history": [{"item_id": int(dataset.item_ids[i]), "title": title[i]} for i in history],

@@ -95,7 +95,7 @@ def file_inputs(path: Path, dataset: Dataset) -> list[UserInput]:
     table = read_table(path, HISTORY_COLUMNS)
     if "timestamp" in table.columns:
         table = table.sort_values(["timestamp", "line"], kind="stable")
-    index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
+    index_of = dataset.item_positions()
     inputs = []
     order = pd.unique(table["user_id"])
     groups = table.groupby("user_id", sort=False)["item_id"]

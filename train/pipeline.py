@@ -95,8 +95,8 @@ def sample_users(
         dataset.sequences(), dataset.n_items, config.rerank_support_size,
         config.train.query_size, config.train.split_seed,
     )  # fmt: skip
-    index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
-    titles = [text.split(" | ")[0] for text in dataset.item_text]
+    index_of = dataset.item_positions()
+    titles = dataset.titles()
     users = []
     for case in split.test[: config.sample_users]:
         user_id = dataset.user_ids[case.user]

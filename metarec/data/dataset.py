@@ -41,6 +41,14 @@ class Dataset:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    def item_positions(self) -> dict[int, int]:
+        """Raw item id -> contiguous item index."""
+        return {int(raw): position for position, raw in enumerate(self.item_ids)}
+
+    def titles(self) -> list[str]:
+        """Each item's text up to its first " | " (the title of "title | genres")."""
+        return [text.split(" | ")[0] for text in self.item_text]
+
     def sequences(self) -> list[np.ndarray]:
         """Each user's items in time order: a list of ``n_users`` int64 arrays."""
         users = self.interactions["user"].to_numpy()

@@ -23,6 +23,7 @@ import numpy as np
 from metarec.data.dataset import Dataset
 from metarec.data.splits import coldstart_split
 from metarec.errors import ConfigError
+from metarec.eval.beyond import user_counts
 from metarec.eval.metrics import bootstrap_ci
 from metarec.meta.recommender import LLMRecommender
 
@@ -141,9 +142,7 @@ def compare_policies(
     )  # fmt: skip
     histories = [case.history for case in split.test]
     futures = [sequences[case.user][config.support_size :] for case in split.test]
-    popularity = np.bincount(
-        np.concatenate([np.unique(s) for s in split.train_sequences]), minlength=dataset.n_items
-    )
+    popularity = user_counts(split.train_sequences, dataset.n_items)
     events = logged_events(method.score(histories), histories, futures, popularity, config)
     rewards = {
         kind: replay(LinearPolicy(kind, 3, config.alpha, config.epsilon, config.seed), events)

@@ -17,6 +17,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def user_counts(sequences: list[np.ndarray], n_items: int) -> np.ndarray:
+    """(N,) how many of the users' histories hold each item (the popularity novelty reads)."""
+    return np.bincount(np.concatenate([np.unique(s) for s in sequences]), minlength=n_items)
+
+
 def coverage(lists: np.ndarray, n_items: int) -> float:
     """Share of the ``n_items`` catalogue in the (U, K) lists (-1 = empty slot)."""
     return len(np.unique(lists[lists >= 0])) / n_items

@@ -25,7 +25,7 @@ from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import ProtocolConfig, Split, make_split
 from metarec.errors import ConfigError
-from metarec.eval.beyond import beyond_accuracy
+from metarec.eval.beyond import beyond_accuracy, user_counts
 from metarec.eval.metrics import bootstrap_ci
 from metarec.eval.ranking import ranked_cases
 from metarec.meta.algorithms import MetaConfig
@@ -172,9 +172,7 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     split = make_split(dataset.sequences(), dataset.n_items, config.protocol, dataset.user_ids)
     ks = config.protocol.cutoffs()
     # beyond-accuracy references, from what methods may train on and the same for all of them
-    popularity = np.bincount(
-        np.concatenate([np.unique(s) for s in split.train_sequences]), minlength=split.n_items
-    )
+    popularity = user_counts(split.train_sequences, split.n_items)
     embeddings = svd_item_embeddings(split.train_sequences, split.n_items, DIVERSITY_DIM)
     per_user: dict[str, dict[str, np.ndarray]] = {}
     catalogue: dict[str, dict[str, float]] = {}
