@@ -59,6 +59,13 @@ def _add_remote_code_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """A command on a trained run: the data its catalogue comes from, the run, remote code."""
+    _add_data_options(parser)
+    parser.add_argument("--checkpoint", type=Path, required=True, help=what)
+    _add_remote_code_option(parser)
+
+
 def _data_config(args: argparse.Namespace) -> DataConfig:
     env_data_dir = os.environ.get("METAREC_DATA_DIR")
     cache_dir = args.cache_dir or Path(os.environ.get("METAREC_CACHE_DIR", "~/.cache/metarec"))
@@ -620,8 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank = commands.add_parser(
         "rerank", help="batch job: adapt users, retrieve, rescore, write top-K Parquet shards"
     )
-    _add_data_options(rerank)
-    rerank.add_argument("--checkpoint", type=Path, required=True, help="metarec train run dir")
+    _add_run_options(rerank, "metarec train run dir")
     rerank.add_argument("--index", type=Path, required=True, help="built from that run")
     rerank.add_argument("--output-dir", type=Path, required=True)
     rerank.add_argument(
@@ -642,27 +648,23 @@ def build_parser() -> argparse.ArgumentParser:
     # fault injection for the exactly-once tests: SIGKILL after writing N shards
     rerank.add_argument("--kill-after-shards", type=int, help=argparse.SUPPRESS)
     rerank.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
-    _add_remote_code_option(rerank)
     rerank.set_defaults(handler=cmd_rerank)
 
     explain = commands.add_parser(
         "explain", help="why a run recommends what it does to one user (leave-one-out)"
     )
-    _add_data_options(explain)
-    explain.add_argument("--checkpoint", type=Path, required=True, help="metarec train run dir")
+    _add_run_options(explain, "metarec train run dir")
     explain.add_argument("--user", type=int, help="raw user id: explains its first interactions")
     explain.add_argument("--support-size", type=int, default=10, help="with --user")
     explain.add_argument("--history", type=_int_list, help="raw item ids, oldest first")
     explain.add_argument("--k", type=int, default=5, help="recommendations to explain")
     explain.add_argument("--output", type=Path, help="the explanation as JSON")
-    _add_remote_code_option(explain)
     explain.set_defaults(handler=cmd_explain)
 
     online = commands.add_parser(
         "online", help="replay test users' streams: no updates vs full re-adaptation vs incremental"
     )
-    _add_data_options(online)
-    online.add_argument("--checkpoint", type=Path, required=True, help="coldstart run dir")
+    _add_run_options(online, "coldstart run dir")
     online.add_argument("--strategies", default="none,full,incremental")
     online.add_argument("--split-users", choices=("test", "valid"), default="test")
     online.add_argument("--start", type=int, default=5, help="items given before the first event")
@@ -673,7 +675,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     online.add_argument("--batch-size", type=int, default=64)
     online.add_argument("--output", type=Path, help="results JSON")
-    _add_remote_code_option(online)
     online.set_defaults(handler=cmd_online)
 
     tune = commands.add_parser(
@@ -690,8 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
     bandit = commands.add_parser(
         "bandit", help="replay evaluation of exploration policies over adapted candidates"
     )
-    _add_data_options(bandit)
-    bandit.add_argument("--checkpoint", type=Path, required=True, help="coldstart run dir")
+    _add_run_options(bandit, "coldstart run dir")
     bandit.add_argument("--support-size", type=int, default=10)
     bandit.add_argument("--rounds", type=int, default=20, help="logged displays per user")
     bandit.add_argument("--arms", type=int, default=5, help="arms per display")
@@ -701,7 +701,6 @@ def build_parser() -> argparse.ArgumentParser:
     bandit.add_argument("--seed", type=int, default=0)
     bandit.add_argument("--output", type=Path, help="results JSON")
     bandit.add_argument("--plot", type=Path, help="cumulative reward curves PNG")
-    _add_remote_code_option(bandit)
     bandit.set_defaults(handler=cmd_bandit)
 
     distill = commands.add_parser(

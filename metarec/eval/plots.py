@@ -11,6 +11,12 @@ matplotlib.use("Agg")  # files only: no display on cluster nodes
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 
+def _save(figure: plt.Figure, path: Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def coldstart_curve(curves: dict[str, list[tuple[int, float, float, float]]], path: Path) -> None:
     """ndcg@10 against support size, one line per method with its 95% CI as a band.
 
@@ -28,9 +34,7 @@ def coldstart_curve(curves: dict[str, list[tuple[int, float, float, float]]], pa
     axes.set_title("Cold-start users: ranking quality against support size")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def training_curves(history: list[dict], path: Path) -> None:
@@ -54,9 +58,7 @@ def training_curves(history: list[dict], path: Path) -> None:
         axes.set_xlabel("epoch (p = pretraining, m = meta-training)")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def reward_curves(rewards: dict[str, np.ndarray], path: Path) -> None:
@@ -73,6 +75,4 @@ def reward_curves(rewards: dict[str, np.ndarray], path: Path) -> None:
     axes.set_title("Replay evaluation of exploration policies (cold users)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)
