@@ -170,22 +170,31 @@ def _apply_override(config: dict, assignment: str) -> None:
         raise MetarecError(f"--set {assignment!r}: the value is not valid YAML ({err})") from None
 
 
-def _train_config(args: argparse.Namespace):
-    """The training config: YAML, then ``--set`` overrides, then options and environment."""
-    from train.meta_train import TrainConfig
-
-    raw = load_yaml(args.config)
-    for assignment in args.set:
+def _config_mapping(
+    path: Path, overrides: list[str], split_seed: int | None, output_dir: Path | None
+) -> dict:
+    """A YAML config as a mapping, then ``--set`` overrides, options and environment."""
+    raw = load_yaml(path)
+    for assignment in overrides:
         _apply_override(raw, assignment)
-    if getattr(args, "split_seed", None) is not None:
-        raw["split_seed"] = args.split_seed
-    if args.output_dir is not None:
-        raw["output_dir"] = str(args.output_dir)
+    if split_seed is not None:
+        raw["split_seed"] = split_seed
+    if output_dir is not None:
+        raw["output_dir"] = str(output_dir)
     data = raw["data"] = raw.get("data") or {}
     env_data_dir = os.environ.get("METAREC_DATA_DIR")
     if "data_dir" not in data and env_data_dir:
         data["data_dir"] = env_data_dir
     data.setdefault("cache_dir", os.environ.get("METAREC_CACHE_DIR", "~/.cache/metarec"))
+    return raw
+
+
+def _train_config(args: argparse.Namespace):
+    """The training config: YAML, then ``--set`` overrides, then options and environment."""
+    from train.meta_train import TrainConfig
+
+    raw = _config_mapping(args.config, args.set, getattr(args, "split_seed", None),
+                          args.output_dir)  # fmt: skip
     distributed = raw["distributed"] = raw.get("distributed") or {}
     accelerate_ds_config = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
     if os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true" and accelerate_ds_config:
@@ -490,6 +499,48 @@ def cmd_bandit(args: argparse.Namespace) -> None:
         write_json(args.output, {"config": vars(config), **results})
 
 
+def cmd_rl_train(args: argparse.Namespace) -> None:
+    from train.meta_train import TrainConfig
+    from train.rl_policy import RLConfig, train
+
+    raw = _config_mapping(args.config, args.set, args.split_seed, args.output_dir)
+    config = from_mapping(RLConfig, raw, where=f"{args.config}: config")
+    base_train = None
+    if config.base_config is not None:
+        base = _config_mapping(config.base_config, [], config.split_seed, config.base_run)
+        base["data"] = {**base["data"], **raw["data"]}
+        base_train = from_mapping(TrainConfig, base, where=f"{config.base_config}: config")
+        _allow_remote_code(base_train.model.backbone, args, str(config.base_config))
+    _check_writable(config.output_dir / "config.json")
+    _print_rl_results(train(config, base_train, args.trust_remote_code))
+    print(f"wrote {config.output_dir / 'results.json'}")
+
+
+def cmd_rl_evaluate(args: argparse.Namespace) -> None:
+    from train.rl_policy import evaluate_run
+
+    _check_writable(args.output)
+    data = _data_config(args) if args.data_dir or os.environ.get("METAREC_DATA_DIR") else None
+    results = evaluate_run(args.checkpoint, data)
+    _print_rl_results(results)
+    if args.output:
+        write_json(args.output, results)
+        print(f"wrote {args.output}")
+
+
+def _print_rl_results(results: dict) -> None:
+    print(f"{results['users']} test users x {results['episodes_per_user']} simulated sessions")
+    print("| policy | discounted return (95% CI) | session length | SNIPS on test logs (95% CI) |")
+    print("|---|---|---|---|")
+    for name in ("greedy", "softmax", "learned"):
+        low, high = results["return_ci"][name]
+        snips = results["ope"]["policies"][name]["snips"]
+        print(f"| {name} | {results[f'return_{name}']:.3f} [{low:.3f}, {high:.3f}] | "
+              f"{results['session_length'][name]:.2f} | {snips['value']:.3f} "
+              f"[{snips['ci'][0]:.3f}, {snips['ci'][1]:.3f}] |")  # fmt: skip
+    print(f"learned / greedy: {results['learned_vs_greedy']:.3f}")
+
+
 def cmd_distill(args: argparse.Namespace) -> None:
     from train.distill import DistillConfig, distill
 
@@ -714,6 +765,20 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--temperature", type=float, default=2.0)
     distill.add_argument("--weight", type=float, default=0.5, help="share of the KL term")
     distill.set_defaults(handler=cmd_distill)
+
+    rl = commands.add_parser("rl", help="a slate policy for long-term reward (REINFORCE)")
+    rl_commands = rl.add_subparsers(dest="rl_command", required=True)
+    rl_train = rl_commands.add_parser(
+        "train", help="fit the simulator, train the policy, evaluate on test users"
+    )
+    _add_train_config_options(rl_train)
+    rl_train.add_argument("--output-dir", type=Path, help="the RL run dir")
+    rl_train.set_defaults(handler=cmd_rl_train)
+    rl_evaluate = rl_commands.add_parser("evaluate", help="re-evaluate a trained RL run")
+    _add_data_options(rl_evaluate)
+    rl_evaluate.add_argument("--checkpoint", type=Path, required=True, help="the RL run dir")
+    rl_evaluate.add_argument("--output", type=Path, help="results JSON")
+    rl_evaluate.set_defaults(handler=cmd_rl_evaluate)
     return parser
 
 

@@ -49,12 +49,18 @@ class Dataset:
         """Each item's text up to its first " | " (the title of "title | genres")."""
         return [text.split(" | ")[0] for text in self.item_text]
 
+    def _per_user(self, column: str) -> list[np.ndarray]:
+        starts = np.searchsorted(self.interactions["user"].to_numpy(), np.arange(self.n_users + 1))
+        values = self.interactions[column].to_numpy()
+        return [values[starts[u] : starts[u + 1]] for u in range(self.n_users)]
+
     def sequences(self) -> list[np.ndarray]:
         """Each user's items in time order: a list of ``n_users`` int64 arrays."""
-        users = self.interactions["user"].to_numpy()
-        items = self.interactions["item"].to_numpy()
-        starts = np.searchsorted(users, np.arange(self.n_users + 1))
-        return [items[starts[u] : starts[u + 1]] for u in range(self.n_users)]
+        return self._per_user("item")
+
+    def rating_sequences(self) -> list[np.ndarray]:
+        """Each user's ratings in the order of `sequences` (NaN where the source has none)."""
+        return self._per_user("rating")
 
     def stats(self) -> dict[str, float]:
         """Size and shape of the dataset, plus what preprocessing removed."""
