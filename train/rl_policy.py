@@ -492,7 +492,7 @@ def load_config(run_dir: Path, data: DataConfig | None = None) -> RLConfig:
         raise MetarecError(f"{path}: missing; expected a `metarec rl train` output dir")
     raw = json.loads(path.read_text())
     if data is not None:
-        raw["data"] = {k: (None if v is None else str(v)) for k, v in asdict(data).items()}
+        raw["data"] = json.loads(json.dumps(asdict(data), default=str))
     return from_mapping(RLConfig, raw, where=str(path))
 
 

@@ -170,7 +170,9 @@ class SlateSimulator:
             + config.like_weight * likes.sum(1)
             + config.diversity_weight * genre_diversity(slate_genres, shown)
         )
-        np.put_along_axis(self.consumed, slates, already | clicks, axis=1)
+        # .at: a repeated position must not overwrite its own click with a False
+        sessions = np.broadcast_to(np.arange(len(slates))[:, None], slates.shape)
+        np.logical_or.at(self.consumed, (sessions, slates), clicks)
         for session, (slate, clicked) in enumerate(zip(slates, clicks, strict=True)):
             self.clicked[session].extend(self.candidate_items[session, slate[clicked]].tolist())
         self.exposure = (
@@ -205,13 +207,13 @@ class SlateEnv(gymnasium.Env):
         self.simulator = SlateSimulator(users, response, config)
         self.config = config
         self.n_items = len(response.like_rates)
-        pad = self.n_items + 1
+        pad, finite = self.n_items + 1, np.finfo(np.float32)
         self.observation_space = spaces.Dict(
             {
                 "history": spaces.MultiDiscrete([pad] * config.history_window),
                 "shown": spaces.MultiDiscrete([pad] * (config.shown_window * config.slate_size)),
                 "candidates": spaces.MultiDiscrete([pad] * config.candidates),
-                "scores": spaces.Box(-np.inf, np.inf, (config.candidates,), np.float32),
+                "scores": spaces.Box(finite.min, finite.max, (config.candidates,), np.float32),
                 "consumed": spaces.MultiBinary(config.candidates),
             }
         )
