@@ -1,5 +1,7 @@
 """Off-policy estimators against hand-computed values and the true value of a known policy."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,18 @@ def test_bad_inputs_are_refused():
         doubly_robust(LoggedData(np.ones(2), np.ones(2), np.ones(2)))
     with pytest.raises(MetarecError, match="estimator 'ipw'"):
         estimate(logged(), "ipw")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"target": np.array([0.5, 0.5])}, "target has shape (2,)"),
+        ({"rewards": np.array([1.0, np.nan, 0.0])}, "rewards holds NaN"),
+        ({"target": np.array([0.5, -0.1, 0.2])}, "non-negative"),
+        ({"behaviour": np.array([0.5, 0.0, 0.2])}, "positive"),
+    ],
+)
+def test_logged_data_is_checked(change, message):
+    fields = {"rewards": np.ones(3), "behaviour": np.full(3, 0.5), "target": np.full(3, 0.2)}
+    with pytest.raises(MetarecError, match=re.escape(message)):
+        LoggedData(**(fields | change))

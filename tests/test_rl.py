@@ -360,3 +360,23 @@ def test_rl_train_then_evaluate_reproduces_the_results(trained_run, tmp_path):
 def test_rl_evaluate_names_a_missing_run(tmp_path, capsys):
     assert main(["rl", "evaluate", "--checkpoint", str(tmp_path / "nothing")]) == 2
     assert "config.json: missing" in capsys.readouterr().err
+
+
+def test_slot_probabilities_of_greedy_and_softmax():
+    """Greedy: 1/K on the top K unconsumed by score. Softmax: a distribution (sums to one)
+    ordered like the scores, zero on consumed items."""
+    from metarec.rl.logs import slot_probabilities
+    from metarec.rl.policy import ItemSide, SlateContext, score_logits
+
+    response = toy_response()
+    item_side = ItemSide.from_counts(response.genres, response.popularity)
+    scores = torch.tensor([[0.5, 2.0, -1.0, 1.5, 0.1, 3.0]])
+    context = SlateContext(
+        items=torch.arange(6)[None], scores=scores, shown=torch.full((1, 2, 2), -1),
+        consumed=torch.tensor([[False, False, False, False, False, True]]),
+    )  # fmt: skip
+    greedy = slot_probabilities(score_logits(), context, item_side, 2, sample=False)
+    assert greedy[0].tolist() == [0.0, 0.5, 0.0, 0.5, 0.0, 0.0]
+    soft = slot_probabilities(score_logits(), context, item_side, 2, sample=True)[0]
+    assert soft.sum().item() == pytest.approx(1.0) and soft[5] == 0
+    assert torch.argsort(soft[:5], descending=True).tolist() == [1, 3, 0, 4, 2]

@@ -46,6 +46,7 @@ from metarec.rl.env import SimulatedUsers, SimulatorConfig, SlateSimulator, simu
 from metarec.rl.logs import (
     LoggedSessions,
     logged_context,
+    logged_log_probabilities,
     logged_sessions,
     slot_probabilities,
     standardise_scores,
@@ -54,7 +55,6 @@ from metarec.rl.policy import (
     ItemSide,
     LogitFn,
     SlatePolicy,
-    first_pick_log_probabilities,
     mlp,
     n_item_features,
     rollout,
@@ -221,11 +221,9 @@ def fit_behaviour(
         for events in tqdm(batches(len(logs.sessions), config.reinforce.log_batch, rng),
                            desc=f"behaviour epoch {epoch}", unit="batch"):  # fmt: skip
             context = logs.context(events, over_candidates=False)
-            log_probabilities = first_pick_log_probabilities(
-                logit_function(behaviour), context, item_side
-            )
-            items = torch.as_tensor(logs.sessions.items[events])
-            loss = -log_probabilities.gather(1, items[:, None]).mean()
+            items = logs.sessions.items[events]
+            behaviour_fn = logit_function(behaviour)
+            loss = -logged_log_probabilities(behaviour_fn, context, item_side, items).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -254,15 +252,12 @@ def train_offline(
         for events in tqdm(batches(len(logs.sessions), settings.log_batch, rng),
                            desc=f"off-policy epoch {epoch}", unit="batch"):  # fmt: skip
             context = logs.context(events, over_candidates=False)
-            items = torch.as_tensor(logs.sessions.items[events])[:, None]
-            log_probability = first_pick_log_probabilities(policy.logits, context, item_side)
-            log_probability = log_probability.gather(1, items)[:, 0]
+            items = logs.sessions.items[events]
+            log_probability = logged_log_probabilities(policy.logits, context, item_side, items)
             with torch.no_grad():
-                behaviour_probability = (
-                    first_pick_log_probabilities(logit_function(behaviour), context, item_side)
-                    .gather(1, items)[:, 0]
-                    .exp()
-                )
+                behaviour_probability = logged_log_probabilities(
+                    logit_function(behaviour), context, item_side, items
+                ).exp()
             progress = torch.as_tensor(logs.sessions.progress[events])
             values = policy.value(state_features(context, item_side, progress))[:, 0]
             returns = torch.as_tensor(logs.sessions.returns[events], dtype=torch.float32)
@@ -330,7 +325,7 @@ def simulated_returns(
     config: RLConfig,
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Per test user (U,): mean discounted return, session length and clicks per step over
-    ``episodes_per_user`` sessions; every policy meets the same random numbers."""
+    ``episodes_per_user`` sessions; every policy starts from the same seed."""
     episodes = config.evaluation.episodes_per_user
     n_users = len(simulator.users)
     rows = np.repeat(np.arange(n_users), episodes)
@@ -354,16 +349,15 @@ def off_policy_estimates(
     expected reward of one slot of its slate (logged events carry one item each)."""
     sim, evaluation = config.simulator, config.evaluation
     events = np.arange(len(logs.sessions))
-    behaviour_context = logs.context(events, over_candidates=False)
-    items = torch.as_tensor(logs.sessions.items)[:, None]
-    with torch.no_grad():
-        behaviour_probability = (
-            first_pick_log_probabilities(logit_function(behaviour), behaviour_context, item_side)
-            .gather(1, items)[:, 0]
-            .exp()
-            .double()
-            .numpy()
-        )
+    chunks = np.array_split(events, max(1, len(events) // config.reinforce.log_batch))
+    with torch.no_grad():  # in chunks: catalogue-wide features take (B, n_items, G) floats
+        behaviour_probability = np.concatenate([
+            logged_log_probabilities(
+                logit_function(behaviour), logs.context(chunk, over_candidates=False),
+                item_side, logs.sessions.items[chunk],
+            ).exp().double().numpy()
+            for chunk in chunks
+        ])  # fmt: skip
     context = logs.context(events, over_candidates=True)
     candidate_items = context.items.numpy()
     hits = candidate_items == logs.sessions.items[:, None]

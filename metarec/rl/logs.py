@@ -109,6 +109,15 @@ def logged_context(
     )  # fmt: skip
 
 
+def logged_log_probabilities(
+    logit_fn: LogitFn, context: SlateContext, item_side: ItemSide, positions: np.ndarray
+) -> torch.Tensor:
+    """(B,) first-pick log-probability of each event's logged item, at ``positions`` (B,)
+    among its choosable items (the item id itself when the choices are the catalogue)."""
+    log_probabilities = first_pick_log_probabilities(logit_fn, context, item_side)
+    return log_probabilities.gather(1, torch.as_tensor(positions)[:, None])[:, 0]
+
+
 def slot_probabilities(
     logit_fn: LogitFn,
     context: SlateContext,
@@ -120,12 +129,14 @@ def slot_probabilities(
 
     Deterministic policies (``sample`` False): 1/K on the slate they build. Sampling
     policies: Chen et al.'s approximation P(item in slate) ≈ 1 − (1 − π)^K from the first
-    pick's π, over K.
+    pick's π, normalised to sum to one as the exact slot probabilities do (the approximation
+    alone sums to less, which would shrink DR's expected term).
     """
     with torch.no_grad():
         if sample:
             first = first_pick_log_probabilities(logit_fn, context, item_side).exp()
-            return (1.0 - (1.0 - first) ** slate_size) / slate_size
+            in_slate = 1.0 - (1.0 - first) ** slate_size
+            return in_slate / in_slate.sum(1, keepdim=True)
         features = item_features(context, item_side)
         slates, _ = build_slate(logit_fn, features, context, item_side, slate_size, None)
         slots = torch.zeros(context.items.shape)

@@ -36,6 +36,21 @@ class LoggedData:
     expected_predicted: np.ndarray | None = None  # Σ_a π(a | x_i) q̂(x_i, a)
 
     def __post_init__(self) -> None:
+        named = {
+            "rewards": self.rewards, "behaviour": self.behaviour, "target": self.target,
+            "predicted": self.predicted, "expected_predicted": self.expected_predicted,
+        }  # fmt: skip
+        for name, values in named.items():
+            if values is None:
+                continue
+            if values.shape != self.rewards.shape:
+                raise MetarecError(
+                    f"logged data: {name} has shape {values.shape}, rewards {self.rewards.shape}"
+                )
+            if not np.isfinite(values).all():
+                raise MetarecError(f"logged data: {name} holds NaN or infinite values")
+        if (self.target < 0).any():
+            raise MetarecError("logged data: target probabilities must be non-negative")
         if (self.behaviour <= 0).any():
             raise MetarecError(
                 "logged propensities must be positive (the behaviour policy took them)"
