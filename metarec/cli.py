@@ -520,8 +520,15 @@ def cmd_rl_evaluate(args: argparse.Namespace) -> None:
     from train.rl_policy import evaluate_run
 
     _check_writable(args.output)
-    data = _data_config(args) if args.data_dir or os.environ.get("METAREC_DATA_DIR") else None
-    results = evaluate_run(args.checkpoint, data)
+    env_data_dir, env_cache_dir = (
+        os.environ.get("METAREC_DATA_DIR"),
+        os.environ.get("METAREC_CACHE_DIR"),
+    )
+    results = evaluate_run(
+        args.checkpoint,
+        args.data_dir or (Path(env_data_dir) if env_data_dir else None),
+        args.cache_dir or (Path(env_cache_dir) if env_cache_dir else None),
+    )
     _print_rl_results(results)
     if args.output:
         write_json(args.output, results)
@@ -775,7 +782,11 @@ def build_parser() -> argparse.ArgumentParser:
     rl_train.add_argument("--output-dir", type=Path, help="the RL run dir")
     rl_train.set_defaults(handler=cmd_rl_train)
     rl_evaluate = rl_commands.add_parser("evaluate", help="re-evaluate a trained RL run")
-    _add_data_options(rl_evaluate)
+    rl_evaluate.add_argument(
+        "--data-dir", type=Path, help="where the run's dataset is now (default: as trained, "
+        "or $METAREC_DATA_DIR)",
+    )  # fmt: skip
+    rl_evaluate.add_argument("--cache-dir", type=Path, help="default: as trained")
     rl_evaluate.add_argument("--checkpoint", type=Path, required=True, help="the RL run dir")
     rl_evaluate.add_argument("--output", type=Path, help="results JSON")
     rl_evaluate.set_defaults(handler=cmd_rl_evaluate)

@@ -85,3 +85,16 @@ def test_logged_data_is_checked(change, message):
     fields = {"rewards": np.ones(3), "behaviour": np.full(3, 0.5), "target": np.full(3, 0.2)}
     with pytest.raises(MetarecError, match=re.escape(message)):
         LoggedData(**(fields | change))
+
+
+def test_grouped_bootstrap():
+    """Singleton groups are the event bootstrap; groups of identical events widen the
+    interval (ten copies of each event are one observation, not ten)."""
+    rng = np.random.default_rng(0)
+    data = LoggedData(rng.random(40), np.full(40, 0.5), rng.random(40))
+    assert estimate(data, "snips", seed=3) == estimate(data, "snips", seed=3, groups=np.arange(40))
+    copies = np.repeat(np.arange(40), 10)
+    repeated = data.subset(copies)
+    _, (low, high) = estimate(repeated, "ips", seed=3)
+    _, (group_low, group_high) = estimate(repeated, "ips", seed=3, groups=copies)
+    assert group_high - group_low > 2 * (high - low)

@@ -27,10 +27,12 @@ from metarec.rl.reinforce import (
 from metarec.rl.response import (
     ResponseFitConfig,
     ResponseModel,
-    cosine_similarities,
+    calibration_examples,
+    co_occurrences,
     fit_logistic,
     fit_response_model,
     item_genres,
+    item_similarities,
 )
 
 GENRES = ["Drama", "Comedy", "Action"]
@@ -86,6 +88,12 @@ def same(first, second) -> bool:
     return json.dumps(first, default=lambda a: a.tolist()) == json.dumps(
         second, default=lambda a: a.tolist()
     )
+
+
+def test_env_refuses_an_action_outside_its_space(toy_env):
+    toy_env.reset(seed=0)
+    with pytest.raises(ValueError, match="candidate positions in 0..5"):
+        toy_env.step(np.array([0, -1]))
 
 
 def test_env_is_deterministic_under_a_seed(toy_env):
@@ -164,12 +172,32 @@ def test_cosine_similarities_against_a_direct_formula():
     matrix = np.zeros((3, 3))
     for user, items in enumerate(sequences):
         matrix[user, items] = 1
-    similarities = cosine_similarities(sequences, 3)
+    similarities = item_similarities(co_occurrences(sequences, 3))
     for i in range(3):
         for j in range(3):
             a, b = matrix[:, i], matrix[:, j]
             want = 0.0 if i == j else a @ b / np.linalg.norm(a) / np.linalg.norm(b)
             assert similarities[i, j] == pytest.approx(want, abs=1e-6)
+
+
+def test_calibration_scores_each_user_as_if_left_out():
+    """A user's examples use similarities and popularity computed without that user."""
+    rng = np.random.default_rng(2)
+    sequences = [rng.choice(15, int(rng.integers(5, 10)), replace=False) for _ in range(12)]
+    config = ResponseFitConfig(negatives_per_positive=2)
+    features, labels, users, items = calibration_examples(
+        sequences, co_occurrences(sequences, 15), config
+    )
+    for user in (0, 5):
+        others = [s for u, s in enumerate(sequences) if u != user]
+        similarities = item_similarities(co_occurrences(others, 15))
+        popularity = np.diag(co_occurrences(others, 15))
+        profile = sequences[user][: int(0.8 * len(sequences[user]))]
+        mine = users == user
+        want = similarities[np.ix_(items[mine], profile)].mean(1)
+        np.testing.assert_allclose(features[mine, 0], want, atol=1e-6)
+        np.testing.assert_allclose(features[mine, 1], np.log1p(popularity[items[mine]]))
+        assert labels[mine].sum() == len(sequences[user]) - len(profile)
 
 
 def test_logistic_fit_recovers_known_weights():
@@ -225,7 +253,9 @@ def test_off_policy_gradient_is_chen_et_al():
     behaviour = torch.tensor([0.3, 0.1, 0.5, 0.05, 0.2])
     advantages = torch.tensor([1.0, -0.5, 2.0, 0.3, -1.0])
     log_probability = torch.log_softmax(logits, -1).gather(1, actions[:, None])[:, 0]
-    off_policy_loss(log_probability, behaviour, advantages, slate_size=3, weight_cap=4.0).backward()
+    off_policy_loss(
+        log_probability, behaviour.log(), advantages, slate_size=3, weight_cap=4.0
+    ).backward()
     policy = torch.softmax(logits.detach(), -1)
     chosen = policy.gather(1, actions[:, None])[:, 0]
     scale = torch.clamp(chosen / behaviour, max=4.0) * 3 * (1 - chosen) ** 2 * advantages
@@ -296,7 +326,7 @@ def test_off_policy_reinforce_learns_the_optimum_from_uniform_logs():
     for _ in range(200):
         log_probability = torch.log_softmax(logits, -1)[logged_actions]
         advantage = logged_returns - logged_returns.mean()
-        loss = off_policy_loss(log_probability, behaviour, advantage, 1, weight_cap=10.0)
+        loss = off_policy_loss(log_probability, behaviour.log(), advantage, 1, weight_cap=10.0)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -313,10 +343,10 @@ def test_logged_sessions_rewards_and_returns():
     np.testing.assert_allclose(sessions.returns, [3 + 0.5 + 0.25, 1 + 0.5, 1.0])
 
 
-def test_rl_train_then_evaluate_reproduces_the_results(trained_run, tmp_path):
+def test_rl_train_then_evaluate_reproduces_the_results(trained_run, tmp_path, monkeypatch):
     """`metarec rl train` on a tiny run; `rl evaluate` from the saved files gives the same
-    results; the policy improves on greedy in the training simulator's own terms."""
-    folder, data, data_options = trained_run
+    results; a rerun that fails midway leaves the first run's files as they were."""
+    folder, data, _ = trained_run
     config = tmp_path / "rl.yaml"
     config.write_text(
         json.dumps(
@@ -351,10 +381,19 @@ def test_rl_train_then_evaluate_reproduces_the_results(trained_run, tmp_path):
     assert (out / "policy.safetensors").is_file()
     assert (out / "simulator" / "response.json").is_file()
     output = tmp_path / "rl.json"
-    code = main(["rl", "evaluate", "--checkpoint", str(out), "--output", str(output),
-                 *data_options])  # fmt: skip
-    assert code == 0
+    assert main(["rl", "evaluate", "--checkpoint", str(out), "--output", str(output)]) == 0
     assert json.loads(output.read_text()) == trained
+
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed during on-policy training")
+
+    monkeypatch.setattr("train.rl_policy.train_online", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["rl", "train", "--config", str(config), "--output-dir", str(out),
+              "--set", "seed=5"])  # fmt: skip
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_rl_evaluate_names_a_missing_run(tmp_path, capsys):

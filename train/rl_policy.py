@@ -33,12 +33,13 @@ from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from metarec.atomic import atomic_file
+from metarec.atomic import atomic_dir, recover
 from metarec.config import from_mapping
 from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.splits import coldstart_users
 from metarec.errors import ConfigError, MetarecError
+from metarec.eval.evaluate import check_same_split
 from metarec.eval.metrics import bootstrap_ci
 from metarec.provenance import provenance
 from metarec.rl import ope
@@ -79,6 +80,18 @@ class ReinforceConfig:
     users_per_iteration: int = 128  # simulated sessions per on-policy update
     value_weight: float = 0.5  # of the baseline's squared error in the loss
 
+    def __post_init__(self) -> None:
+        at_least = {"hidden": 1, "log_batch": 1, "users_per_iteration": 1,
+                    "behaviour_epochs": 1, "offline_epochs": 0, "online_iterations": 0}  # fmt: skip
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ConfigError(f"reinforce.{name} {getattr(self, name)}: expected >= {low}")
+        for name in ("lr", "weight_cap"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"reinforce.{name} {getattr(self, name)}: expected > 0")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ConfigError(f"reinforce.gamma {self.gamma}: expected (0, 1]")
+
 
 @dataclass
 class EvaluationConfig:
@@ -86,6 +99,17 @@ class EvaluationConfig:
     softmax_temperature: float = 1.0  # on z-scored adapted scores
     bootstrap: int = 1000
     ope_clip: float | None = None  # cap on OPE importance weights (None: unclipped)
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_user < 1 or self.bootstrap < 1:
+            raise ConfigError(
+                f"evaluation: episodes_per_user ({self.episodes_per_user}) and bootstrap "
+                f"({self.bootstrap}) must be at least 1"
+            )
+        if self.softmax_temperature <= 0:
+            raise ConfigError(
+                f"evaluation.softmax_temperature {self.softmax_temperature}: expected > 0"
+            )
 
 
 @dataclass
@@ -103,8 +127,6 @@ class RLConfig:
     output_dir: Path = Path("runs/rl")
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.reinforce.gamma <= 1.0:
-            raise ConfigError(f"reinforce.gamma {self.reinforce.gamma}: expected (0, 1]")
         if self.support_size < 1:
             raise ConfigError(f"support_size {self.support_size}: expected at least 1")
 
@@ -123,7 +145,11 @@ def split_users(dataset: Dataset, split_seed: int, support_size: int) -> dict[st
     """Meta-train users, and test users with at least one item after their support."""
     sequences = dataset.sequences()
     train, _, test = coldstart_users(dataset.n_users, split_seed)
-    test = np.array([u for u in np.sort(test) if len(sequences[u]) > support_size])
+    test = np.array([u for u in np.sort(test) if len(sequences[u]) > support_size], dtype=int)
+    if len(test) == 0:
+        raise MetarecError(
+            f"support_size {support_size}: no test user has an item after its support"
+        )
     return {"train": np.sort(train), "test": test}
 
 
@@ -140,15 +166,7 @@ def adapted_scores_of(config: RLConfig, base_train: TrainConfig | None, trust_re
             )
         run(base_train)
     method, dataset, _ = load_run(config.base_run, config.data, trust_remote_code)
-    trained = method.trained_on
-    if trained.get("protocol", "coldstart") != "coldstart" or trained.get("split_seed", 0) != (
-        config.split_seed
-    ):
-        raise ConfigError(
-            f"{config.base_run}: trained on protocol {trained.get('protocol')!r} split seed "
-            f"{trained.get('split_seed')}; the RL run needs coldstart, split seed "
-            f"{config.split_seed}"
-        )
+    check_same_split(method, config.base_run, "coldstart", config.split_seed, config.data)
     sequences = dataset.sequences()
     scores = {
         side: method.score([sequences[u][: config.support_size] for u in users])
@@ -255,20 +273,20 @@ def train_offline(
             items = logs.sessions.items[events]
             log_probability = logged_log_probabilities(policy.logits, context, item_side, items)
             with torch.no_grad():
-                behaviour_probability = logged_log_probabilities(
+                behaviour_log_probability = logged_log_probabilities(
                     logit_function(behaviour), context, item_side, items
-                ).exp()
+                )
             progress = torch.as_tensor(logs.sessions.progress[events])
             values = policy.value(state_features(context, item_side, progress))[:, 0]
             returns = torch.as_tensor(logs.sessions.returns[events], dtype=torch.float32)
             loss = off_policy_loss(
-                log_probability, behaviour_probability, returns - values,
+                log_probability, behaviour_log_probability, returns - values,
                 config.simulator.slate_size, settings.weight_cap,
             ) + settings.value_weight * ((values - returns) ** 2).mean()  # fmt: skip
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-            weights = log_probability.detach().exp() / behaviour_probability
+            weights = (log_probability.detach() - behaviour_log_probability).double().exp()
             writer.add_scalar("offline/loss", loss.item(), step)
             writer.add_scalar("offline/weight_mean", weights.mean().item(), step)
             writer.add_scalar("offline/weight_max", weights.max().item(), step)
@@ -324,7 +342,7 @@ def simulated_returns(
     simulator: SlateSimulator, logit_fn: LogitFn, sample: bool, item_side: ItemSide,
     config: RLConfig,
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """Per test user (U,): mean discounted return, session length and clicks per step over
+    """Per test user (U,): mean discounted return and session length over
     ``episodes_per_user`` sessions; every policy starts from the same seed."""
     episodes = config.evaluation.episodes_per_user
     n_users = len(simulator.users)
@@ -346,7 +364,8 @@ def off_policy_estimates(
     config: RLConfig,
 ) -> dict:
     """IPS / SNIPS / DR value estimates of each policy on the logged test sessions: the
-    expected reward of one slot of its slate (logged events carry one item each)."""
+    reward of one slot of its slate, were the item shown consumed as logged items are
+    (logged events carry one item each). Intervals resample users, not events."""
     sim, evaluation = config.simulator, config.evaluation
     events = np.arange(len(logs.sessions))
     chunks = np.array_split(events, max(1, len(events) // config.reinforce.log_batch))
@@ -355,7 +374,7 @@ def off_policy_estimates(
             logged_log_probabilities(
                 logit_function(behaviour), logs.context(chunk, over_candidates=False),
                 item_side, logs.sessions.items[chunk],
-            ).exp().double().numpy()
+            ).double().exp().numpy()
             for chunk in chunks
         ])  # fmt: skip
     context = logs.context(events, over_candidates=True)
@@ -374,8 +393,10 @@ def off_policy_estimates(
         )
         results[name] = {"events_with_weight": int((data.target > 0).sum())}
         for estimator in ope.ESTIMATORS:
-            value, interval = ope.estimate(data, estimator, evaluation.ope_clip,
-                                           evaluation.bootstrap, config.seed)  # fmt: skip
+            value, interval = ope.estimate(
+                data, estimator, evaluation.ope_clip, evaluation.bootstrap, config.seed,
+                groups=logs.sessions.rows,
+            )  # fmt: skip
             results[name][estimator] = {"value": value, "ci": list(interval)}
     return {"events": len(events), "policies": results}
 
@@ -410,7 +431,9 @@ def evaluate(
         results[f"return_{name}"] = returns[name]
     results["return_ci"] = intervals
     results["session_length"] = lengths
-    results["learned_vs_greedy"] = returns["learned"] / returns["greedy"]
+    results["learned_vs_greedy"] = (
+        returns["learned"] / returns["greedy"] if returns["greedy"] != 0 else float("nan")
+    )
     results["learned_minus_greedy_ci"] = list(bootstrap_ci(
         per_user_returns["learned"] - per_user_returns["greedy"],
         config.evaluation.bootstrap, seed=config.seed,
@@ -423,76 +446,90 @@ def evaluate(
 def save_scores(path: Path, users: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> None:
     tensors = {f"{side}_users": users[side].astype(np.int64) for side in users}
     tensors |= {f"{side}_scores": scores[side].astype(np.float32) for side in scores}
-    with atomic_file(path) as temporary:
-        save_numpy(tensors, str(temporary))
+    save_numpy(tensors, str(path))
 
 
 def save_module(module: torch.nn.Module, path: Path) -> None:
-    with atomic_file(path) as temporary:
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(temporary))
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
+
+
+def load_module(module: torch.nn.Module, path: Path) -> torch.nn.Module:
+    try:
+        module.load_state_dict(load_file(str(path)))
+    except (OSError, RuntimeError, KeyError) as err:
+        raise MetarecError(f"{path}: cannot load into the configured network ({err})") from None
+    return module.eval()
 
 
 def train(
     config: RLConfig, base_train: TrainConfig | None = None, trust_remote_code: bool = False
 ) -> dict:
-    """Run the whole recipe; returns the evaluation results (also in results.json)."""
-    out = config.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    with atomic_file(out / "config.json") as temporary:
-        temporary.write_text(json.dumps(asdict(config), indent=2, default=str))
-    with atomic_file(out / "run.json") as temporary:
-        temporary.write_text(json.dumps({"seed": config.seed, **provenance()}, indent=2))
+    """Run the whole recipe; returns the evaluation results (also in results.json).
 
+    The output dir is filled in a staging folder and replaces any earlier run only once
+    complete: a failure leaves the earlier run whole, never its files mixed with new ones.
+    """
     # 1. adapted scores for every meta-train and test user
     dataset, scores = adapted_scores_of(config, base_train, trust_remote_code)
     sides = split_users(dataset, config.split_seed, config.support_size)
-    save_scores(out / "adapted_scores.safetensors", sides, scores)
+    with atomic_dir(config.output_dir) as out:
+        with open(out / "config.json", "w") as handle:
+            json.dump(asdict(config), handle, indent=2, default=str)
+        with open(out / "run.json", "w") as handle:
+            json.dump({"seed": config.seed, **provenance()}, handle, indent=2)
+        save_scores(out / "adapted_scores.safetensors", sides, scores)
 
-    # 2. response model and simulated meta-train users
-    train_users = users_of(dataset, sides["train"], scores["train"])
-    response = fit_response_model(
-        train_users.sequences, train_users.ratings, dataset.item_text, config.response
-    )
-    response.save(out / "simulator")
-    item_side = ItemSide.from_counts(response.genres, response.popularity)
-    train_simulated = simulated(train_users, response, config)
-    writer = SummaryWriter(str(out / "tensorboard"))
+        # 2. response model and simulated meta-train users
+        train_users = users_of(dataset, sides["train"], scores["train"])
+        response = fit_response_model(
+            train_users.sequences, train_users.ratings, dataset.item_text, config.response
+        )
+        response.save(out / "simulator")
+        item_side = ItemSide.from_counts(response.genres, response.popularity)
+        train_simulated = simulated(train_users, response, config)
+        writer = SummaryWriter(str(out / "tensorboard"))
 
-    # 3-4. behaviour policy and off-policy REINFORCE on the meta-train logs
-    logs = LogView(sessions_of(train_users, config), train_users, train_simulated, config)
-    behaviour = fit_behaviour(logs, item_side, config, writer)
-    policy = SlatePolicy(config.simulator.shown_window, config.reinforce.hidden)
-    train_offline(policy, behaviour, logs, item_side, config, writer)
+        # 3-4. behaviour policy and off-policy REINFORCE on the meta-train logs
+        torch.manual_seed(config.seed)  # here: a base run trained above drew from torch's RNG
+        logs = LogView(sessions_of(train_users, config), train_users, train_simulated, config)
+        behaviour = fit_behaviour(logs, item_side, config, writer)
+        policy = SlatePolicy(config.simulator.shown_window, config.reinforce.hidden)
+        train_offline(policy, behaviour, logs, item_side, config, writer)
 
-    # 5. on-policy REINFORCE in the simulator
-    simulator = SlateSimulator(train_simulated, response, config.simulator)
-    train_online(policy, simulator, item_side, config, writer)
-    writer.close()
-    save_module(behaviour, out / "behaviour.safetensors")
-    save_module(policy, out / "policy.safetensors")
+        # 5. on-policy REINFORCE in the simulator
+        simulator = SlateSimulator(train_simulated, response, config.simulator)
+        train_online(policy, simulator, item_side, config, writer)
+        writer.close()
+        save_module(behaviour, out / "behaviour.safetensors")
+        save_module(policy, out / "policy.safetensors")
 
-    # 6. evaluation on test users
-    results = evaluate(config, dataset, scores, response, behaviour, policy.eval())
-    with atomic_file(out / "results.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=2) + "\n")
+        # 6. evaluation on test users
+        results = evaluate(config, dataset, scores, response, behaviour, policy.eval())
+        with open(out / "results.json", "w") as handle:
+            handle.write(json.dumps(results, indent=2) + "\n")
     return results
 
 
-def load_config(run_dir: Path, data: DataConfig | None = None) -> RLConfig:
-    """A trained RL run's config; ``data`` replaces where its data comes from."""
+def load_config(
+    run_dir: Path, data_dir: Path | None = None, cache_dir: Path | None = None
+) -> RLConfig:
+    """A trained RL run's config; ``data_dir`` / ``cache_dir`` say where its data is now."""
+    recover(run_dir)
     path = run_dir / "config.json"
     if not path.is_file():
         raise MetarecError(f"{path}: missing; expected a `metarec rl train` output dir")
     raw = json.loads(path.read_text())
-    if data is not None:
-        raw["data"] = json.loads(json.dumps(asdict(data), default=str))
+    for key, value in (("data_dir", data_dir), ("cache_dir", cache_dir)):
+        if value is not None:
+            raw["data"][key] = str(value)
     return from_mapping(RLConfig, raw, where=str(path))
 
 
-def evaluate_run(run_dir: Path, data: DataConfig | None = None) -> dict:
+def evaluate_run(
+    run_dir: Path, data_dir: Path | None = None, cache_dir: Path | None = None
+) -> dict:
     """Evaluate a trained RL run from its saved files (no base model needed)."""
-    config = load_config(run_dir, data)
+    config = load_config(run_dir, data_dir, cache_dir)
     for name in ("adapted_scores.safetensors", "behaviour.safetensors", "policy.safetensors"):
         if not (run_dir / name).is_file():
             raise MetarecError(f"{run_dir / name}: missing; the RL run did not finish training")
@@ -507,8 +544,14 @@ def evaluate_run(run_dir: Path, data: DataConfig | None = None) -> dict:
             )
     response = ResponseModel.load(run_dir / "simulator")
     policy = SlatePolicy(config.simulator.shown_window, config.reinforce.hidden)
-    policy.load_state_dict(load_file(str(run_dir / "policy.safetensors")))
+    load_module(policy, run_dir / "policy.safetensors")
     behaviour = mlp(n_item_features(config.simulator.shown_window), config.reinforce.hidden)
-    behaviour.load_state_dict(load_file(str(run_dir / "behaviour.safetensors")))
+    load_module(behaviour, run_dir / "behaviour.safetensors")
     scores = {side: saved[f"{side}_scores"] for side in sides}
-    return evaluate(config, dataset, scores, response, behaviour.eval(), policy.eval())
+    for width, what in ((scores["test"].shape[1], "adapted_scores.safetensors"),
+                        (len(response.like_rates), "simulator/")):  # fmt: skip
+        if width != dataset.n_items:
+            raise MetarecError(
+                f"{run_dir / what}: made for {width} items, the data has {dataset.n_items}"
+            )
+    return evaluate(config, dataset, scores, response, behaviour, policy)

@@ -74,23 +74,26 @@ def _check_llm_methods(config: EvaluateConfig, names: list[str]) -> None:
         )
 
 
-def _check_same_split(method: LLMRecommender, run: Path, config: EvaluateConfig) -> None:
-    """Refuse to score users the model may have trained on."""
+def check_same_split(
+    method: LLMRecommender, run: Path, protocol: str, split_seed: int, data_config: DataConfig
+) -> None:
+    """Refuse to score users the model may have trained on: ``protocol``'s test users of
+    ``split_seed`` on ``data_config``'s data must be ones the run held out."""
     trained = method.trained_on
     data = trained.get("data", {})
     trained_protocol = trained.get("protocol", "coldstart")
     allowed = ("coldstart",) if trained_protocol == "coldstart" else ("loo", "sampled")
-    if config.protocol.name not in allowed:
+    if protocol not in allowed:
         raise ConfigError(
             f"{run}: trained on the {trained_protocol} split, so it can be evaluated on "
-            f"{' or '.join(allowed)}, not {config.protocol.name} (whose test users it trained on)"
+            f"{' or '.join(allowed)}, not {protocol} (whose test users it trained on)"
         )
     same = (
-        (trained_protocol == "loo" or trained.get("split_seed") == config.protocol.split_seed)
-        and data.get("dataset") == config.data.dataset
-        and data.get("min_rating") == config.data.min_rating
-        and data.get("k_core") == config.data.k_core
-        and data.get("interactions") == (config.data.interactions and str(config.data.interactions))
+        (trained_protocol == "loo" or trained.get("split_seed") == split_seed)
+        and data.get("dataset") == data_config.dataset
+        and data.get("min_rating") == data_config.min_rating
+        and data.get("k_core") == data_config.k_core
+        and data.get("interactions") == (data_config.interactions and str(data_config.interactions))
     )
     if not same:
         raise ConfigError(
@@ -108,7 +111,7 @@ def _llm_method(name: str, config: EvaluateConfig, dataset: Dataset) -> Recommen
     method = LLMRecommender.from_checkpoint(
         run / "checkpoint", dataset.item_text, cache_dir, trust_remote_code=config.trust_remote_code
     )
-    _check_same_split(method, run, config)
+    check_same_split(method, run, config.protocol.name, config.protocol.split_seed, config.data)
     if name == "llm-noadapt":
         method.inner_steps = 0
     if name == "llm-finetune":

@@ -53,8 +53,12 @@ class SimulatorConfig:
                 f"simulator: need 1 <= slate_size ({self.slate_size}) <= candidates "
                 f"({self.candidates})"
             )
-        if self.horizon < 1 or self.shown_window < 1 or self.history_window < 1:
-            raise ConfigError("simulator: horizon and windows must be at least 1")
+        for name in ("horizon", "shown_window", "history_window"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"simulator.{name} {getattr(self, name)}: expected >= 1")
+        for name in ("leave_base", "leave_slope", "boredom_free"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"simulator.{name} {getattr(self, name)}: expected >= 0")
         if not 0.0 <= self.boredom_decay < 1.0:
             raise ConfigError(f"simulator.boredom_decay {self.boredom_decay}: expected [0, 1)")
 
@@ -157,6 +161,7 @@ class SlateSimulator:
     def step(self, slates: np.ndarray, rng: np.random.Generator) -> StepOutcome:
         """Show (B, K) candidate positions; repeated positions in a slate are shown once."""
         config, rows = self.config, self.rows[:, None]
+        sessions = np.broadcast_to(np.arange(len(slates))[:, None], slates.shape)
         shown = first_occurrences(slates)
         click_draws, like_draws, leave_draws = (
             rng.random(slates.shape), rng.random(slates.shape), rng.random(len(slates))
@@ -171,10 +176,10 @@ class SlateSimulator:
             + config.diversity_weight * genre_diversity(slate_genres, shown)
         )
         # .at: a repeated position must not overwrite its own click with a False
-        sessions = np.broadcast_to(np.arange(len(slates))[:, None], slates.shape)
         np.logical_or.at(self.consumed, (sessions, slates), clicks)
-        for session, (slate, clicked) in enumerate(zip(slates, clicks, strict=True)):
-            self.clicked[session].extend(self.candidate_items[session, slate[clicked]].tolist())
+        clicked_items = self.candidate_items[sessions, slates]
+        for session, (items, clicked) in enumerate(zip(clicked_items, clicks, strict=True)):
+            self.clicked[session].extend(items[clicked].tolist())
         self.exposure = (
             config.boredom_decay * self.exposure
             + (slate_genres * shown[..., None]).sum(1) / config.slate_size
@@ -250,6 +255,11 @@ class SlateEnv(gymnasium.Env):
         return self._observation(), {"user_row": row}
 
     def step(self, action):
+        if not self.action_space.contains(np.asarray(action, dtype=np.int64)):
+            raise ValueError(
+                f"action {action!r}: expected {self.config.slate_size} candidate positions "
+                f"in 0..{self.config.candidates - 1}"
+            )
         slate = np.asarray(action, dtype=np.int64).reshape(1, -1)
         outcome = self.simulator.step(slate, self.np_random)
         terminated = bool(outcome.left[0])

@@ -1,12 +1,12 @@
 """Logged interactions as RL data: ml-100k sequences read as sessions of one-item slates.
 
 Each user's sequence after its support is a logged session: at step t the "behaviour
-policy" (whatever led the user to the item; estimated by `behaviour_log_probabilities`'s
-model) showed the item the user rated next, with reward ``click_weight + like_weight ·
-[rating ≥ like_threshold]``. The state is the user's items so far; its last M·K items,
-newest first, stand in for the last M slates (the log does not say what else was shown).
-Policies score the whole catalogue here (a logged item need not be among the adapted top N),
-from the same features as in the simulator.
+policy" (whatever led the user to the item; estimated by the behaviour model of
+`train/rl_policy.py`) showed the item the user rated next, with reward
+``click_weight + like_weight · [rating ≥ like_threshold]``. The state is the user's items
+so far; its last M·K items, newest first, stand in for the last M slates (the log does not
+say what else was shown). Policies score the whole catalogue here (a logged item need not
+be among the adapted top N), from the same features as in the simulator.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from metarec.errors import MetarecError
 from metarec.rl.policy import (
     ItemSide,
     LogitFn,
@@ -67,6 +68,8 @@ def logged_sessions(
         columns["steps"].append(steps)
         columns["rewards"].append(rewards)
         columns["returns"].append(returns)
+    if not columns["rows"]:
+        raise MetarecError(f"logged sessions: no user has an item after its {support_size} first")
     rows, steps = np.concatenate(columns["rows"]), np.concatenate(columns["steps"])
     items = np.array([sequences[r][s] for r, s in zip(rows, steps, strict=True)], dtype=np.int64)
     return LoggedSessions(

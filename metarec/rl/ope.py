@@ -10,7 +10,7 @@ w_i = π(a_i | x_i) / μ(a_i | x_i), optionally clipped at ``clip`` (less varian
 
 where q̂_i is a reward model's prediction for the logged action and v̂_i = Σ_a π(a | x_i) q̂(x_i, a)
 its expectation under the target policy. Confidence intervals are percentile bootstraps
-over events.
+over events, or over groups of events (one user's session) when they are not independent.
 """
 
 from __future__ import annotations
@@ -102,13 +102,29 @@ def estimate(
     clip: float | None = None,
     resamples: int = 1000,
     seed: int = 0,
+    groups: np.ndarray | None = None,
 ) -> tuple[float, tuple[float, float]]:
-    """The estimate and its percentile-bootstrap 95% interval over events."""
+    """The estimate and its percentile-bootstrap 95% interval.
+
+    ``groups`` (n,) labels events that are not independent (e.g. one user's session): the
+    bootstrap then resamples whole groups. None: every event is its own group.
+    """
     if estimator not in ESTIMATOR_FUNCTIONS:
         raise MetarecError(f"estimator {estimator!r}: expected one of {', '.join(ESTIMATORS)}")
     function = ESTIMATOR_FUNCTIONS[estimator]
-    rng = np.random.default_rng(seed)
     n = len(data.rewards)
-    values = [function(data.subset(rng.integers(0, n, n)), clip) for _ in range(resamples)]
+    if groups is None:
+        groups = np.arange(n)
+    if len(groups) != n:
+        raise MetarecError(f"logged data: {len(groups)} group labels for {n} events")
+    _, membership = np.unique(groups, return_inverse=True)
+    order = np.argsort(membership, kind="stable")
+    bounds = np.searchsorted(membership[order], np.arange(membership.max() + 2))
+    members = [order[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        picks = rng.integers(0, len(members), len(members))
+        values.append(function(data.subset(np.concatenate([members[g] for g in picks])), clip))
     low, high = np.quantile(values, [0.025, 0.975])
     return function(data, clip), (float(low), float(high))

@@ -60,7 +60,7 @@ def n_item_features(shown_window: int) -> int:
 
 
 def n_state_features(shown_window: int) -> int:
-    return 2 + shown_window
+    return 1 + shown_window
 
 
 def genre_shares(items: torch.Tensor, item_side: ItemSide) -> torch.Tensor:
@@ -90,11 +90,10 @@ def item_features(context: SlateContext, item_side: ItemSide) -> torch.Tensor:
 def state_features(
     context: SlateContext, item_side: ItemSide, progress: torch.Tensor
 ) -> torch.Tensor:
-    """(B, 2 + M) summary for the value baseline: (B,) ``progress`` through the horizon, the
-    largest genre share of each recent slate, and the share of choosable items consumed."""
+    """(B, 1 + M) summary for the value baseline: (B,) ``progress`` through the horizon and
+    the largest genre share of each recent slate (the same in logs and in the simulator)."""
     shares = genre_shares(context.shown, item_side).amax(-1)  # (B, M)
-    consumed = context.consumed.float().mean(1, keepdim=True)
-    return torch.cat([progress[:, None].float(), shares, consumed], 1)
+    return torch.cat([progress[:, None].float(), shares], 1)
 
 
 def mlp(inputs: int, hidden: int) -> nn.Sequential:
@@ -126,7 +125,14 @@ def first_pick_log_probabilities(
     features = item_features(context, item_side)
     no_slate_yet = torch.zeros_like(features[..., :1])
     logits = logit_fn(torch.cat([features, no_slate_yet], -1))
-    return torch.log_softmax(logits.masked_fill(context.consumed, float("-inf")), -1)
+    return torch.log_softmax(logits.masked_fill(~choosable(context.consumed), float("-inf")), -1)
+
+
+def choosable(unavailable: torch.Tensor) -> torch.Tensor:
+    """(B, C) the items a pick may take: the available ones, or every item of a row where
+    none is available (a session that consumed all its candidates still gets a slate)."""
+    exhausted = unavailable.all(1, keepdim=True)
+    return ~unavailable | exhausted
 
 
 def build_slate(
@@ -149,9 +155,7 @@ def build_slate(
     in_slate = torch.zeros(batch, item_side.genres.shape[1])
     positions, log_probability = [], torch.zeros(batch)
     for _ in range(slate_size):
-        free = ~picked & ~context.consumed
-        exhausted = ~free.any(1, keepdim=True)
-        allowed = free | (exhausted & ~picked)
+        allowed = choosable(picked | context.consumed) & ~picked
         repeats = repeat_share(candidate_genres, in_slate / slate_size)
         logits = logit_fn(torch.cat([features, repeats[..., None]], -1))
         log_softmax = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)

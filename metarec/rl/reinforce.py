@@ -13,6 +13,7 @@ holds a, so the update pushes that probability rather than the first slot's.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -37,21 +38,23 @@ def topk_correction(probabilities: torch.Tensor, slate_size: int) -> torch.Tenso
 
 def off_policy_loss(
     log_probabilities: torch.Tensor,
-    behaviour_probabilities: torch.Tensor,
+    behaviour_log_probabilities: torch.Tensor,
     advantages: torch.Tensor,
     slate_size: int,
     weight_cap: float,
 ) -> torch.Tensor:
     """Scalar surrogate whose gradient is Chen et al.'s corrected REINFORCE, averaged.
 
-    ``log_probabilities`` (n,) log π(a|s) with gradient; ``behaviour_probabilities`` (n,)
-    β(a|s); ``advantages`` (n,) R − V(s) (no gradient). With K = 1 and no cap this is plain
+    ``log_probabilities`` (n,) log π(a|s) with gradient; ``behaviour_log_probabilities`` (n,)
+    log β(a|s) (the ratio is taken in log space: tiny propensities do not underflow);
+    ``advantages`` (n,) R − V(s) (no gradient). With K = 1 and no cap this is plain
     importance-weighted REINFORCE.
     """
+    log_ratio = log_probabilities.detach().double() - behaviour_log_probabilities.double()
+    weights = torch.clamp(log_ratio, max=float(np.log(weight_cap))).exp()
     probabilities = log_probabilities.detach().exp()
-    weights = torch.clamp(probabilities / behaviour_probabilities, max=weight_cap)
-    scale = weights * topk_correction(probabilities, slate_size) * advantages.detach()
-    return -(scale * log_probabilities).mean()
+    scale = weights.to(probabilities.dtype) * topk_correction(probabilities, slate_size)
+    return -(scale * advantages.detach() * log_probabilities).mean()
 
 
 def on_policy_loss(

@@ -7,7 +7,9 @@ What a simulated user does with a shown item:
   co-occurrences, to the profile's items) — a logistic calibration fitted on meta-train
   users: each one's first 80% of items is the profile, the rest are positives, and
   ``negatives_per_positive`` unseen items per positive are negatives (so the base rate of
-  the calibration is a modelling choice, not a measurement);
+  the calibration is a modelling choice, not a measurement). Each user is left out of the
+  similarities and popularity their own examples are scored with, as the held-out users
+  the simulator serves are;
 - **like** it (rating ≥ 4) once clicked with the item's smoothed share of ratings ≥ 4 among
   meta-train users.
 
@@ -25,7 +27,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from metarec.atomic import atomic_dir
-from metarec.errors import MetarecError
+from metarec.errors import ConfigError, MetarecError
 
 
 @dataclass
@@ -35,6 +37,16 @@ class ResponseFitConfig:
     like_threshold: float = 4.0  # a rating at least this is a like
     like_prior_weight: float = 5.0  # pseudo-ratings pulling rare items to the global like rate
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.negatives_per_positive < 1:
+            raise ConfigError(
+                f"response.negatives_per_positive {self.negatives_per_positive}: expected >= 1"
+            )
+        if not 0.0 < self.profile_share < 1.0:
+            raise ConfigError(f"response.profile_share {self.profile_share}: expected (0, 1)")
+        if self.like_prior_weight <= 0:
+            raise ConfigError(f"response.like_prior_weight {self.like_prior_weight}: expected > 0")
 
 
 def item_genres(item_text: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -50,15 +62,25 @@ def item_genres(item_text: list[str]) -> tuple[np.ndarray, list[str]]:
     return matrix, names
 
 
-def cosine_similarities(sequences: list[np.ndarray], n_items: int) -> np.ndarray:
-    """(N, N) cosine similarity of items' user columns, zero diagonal (float32)."""
+def co_occurrences(sequences: list[np.ndarray], n_items: int) -> np.ndarray:
+    """(N, N) how many users hold both items (diagonal: how many hold each), float32."""
     incidence = np.zeros((len(sequences), n_items), dtype=np.float32)
     for user, items in enumerate(sequences):
         incidence[user, items] = 1.0
-    co_counts = incidence.T @ incidence
-    norms = np.sqrt(np.diag(co_counts)).copy()
-    norms[norms == 0] = 1.0
-    similarities = co_counts / norms[:, None] / norms[None, :]
+    return incidence.T @ incidence
+
+
+def cosine(co_counts: np.ndarray, row_counts: np.ndarray, column_counts: np.ndarray) -> np.ndarray:
+    """Cosine similarities from a block of co-occurrence counts and each side's counts
+    (items nobody holds: 0)."""
+    norms = np.sqrt(np.outer(row_counts, column_counts))
+    return np.divide(co_counts, norms, out=np.zeros_like(co_counts), where=norms > 0)
+
+
+def item_similarities(co_counts: np.ndarray) -> np.ndarray:
+    """(N, N) cosine similarity of items' user columns, zero diagonal (float32)."""
+    counts = np.diag(co_counts).copy()
+    similarities = cosine(co_counts, counts, counts)
     np.fill_diagonal(similarities, 0.0)
     return similarities
 
@@ -138,13 +160,50 @@ class ResponseModel:
         for path in (weights_path, meta_path):
             if not path.is_file():
                 raise MetarecError(f"{path}: missing; expected a saved response model")
-        tensors = load_file(str(weights_path))
-        meta = json.loads(meta_path.read_text())
-        return cls(
-            tensors["similarities"], tensors["calibration"], tensors["like_rates"],
-            tensors["popularity"], tensors["genres"], meta["genre_names"],
-            ResponseFitConfig(**meta["fit"]),
-        )  # fmt: skip
+        try:
+            tensors = load_file(str(weights_path))
+            meta = json.loads(meta_path.read_text())
+            return cls(
+                tensors["similarities"], tensors["calibration"], tensors["like_rates"],
+                tensors["popularity"], tensors["genres"], meta["genre_names"],
+                ResponseFitConfig(**meta["fit"]),
+            )  # fmt: skip
+        except KeyError as err:
+            raise MetarecError(f"{folder}: the saved response model lacks {err}") from None
+        except (OSError, ValueError, TypeError) as err:
+            raise MetarecError(f"{folder}: cannot read the response model ({err})") from None
+
+
+def calibration_examples(
+    train_sequences: list[np.ndarray], co_counts: np.ndarray, config: ResponseFitConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The calibration's examples: features (n, 2) (affinity, log popularity), labels (n,),
+    and the user row and item of each example (n,), (n,)."""
+    n_items = len(co_counts)
+    counts = np.diag(co_counts).copy()
+    rng = np.random.default_rng(config.seed)
+    rows, labels, users, example_items = [], [], [], []
+    for user, items in enumerate(train_sequences):
+        cut = int(config.profile_share * len(items))
+        if cut < 1 or cut == len(items):
+            continue
+        profile, positives = items[:cut], items[cut:]
+        unseen = np.setdiff1d(np.arange(n_items), items)
+        negatives = rng.choice(unseen, size=len(positives) * config.negatives_per_positive)
+        candidates = np.concatenate([positives, negatives])
+        # Leave the user out: their own co-occurrences would inflate their positives'
+        # affinity and popularity (and not the negatives'), as they never do for the
+        # held-out users the simulator serves.
+        own = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+        block = co_counts[np.ix_(candidates, profile)] - own[:, None]
+        affinity = cosine(block, counts[candidates] - own, counts[profile] - 1.0).mean(1)
+        rows.append(np.column_stack([affinity, np.log1p(counts[candidates] - own)]))
+        labels.append(own)
+        users.append(np.full(len(candidates), user))
+        example_items.append(candidates)
+    if not rows:
+        raise MetarecError("response model: no meta-train user has enough items to calibrate")
+    return tuple(np.concatenate(part) for part in (rows, labels, users, example_items))
 
 
 def fit_response_model(
@@ -155,38 +214,20 @@ def fit_response_model(
 ) -> ResponseModel:
     """Fit every part of the response model on the meta-train users' sequences and ratings."""
     n_items = len(item_text)
-    similarities = cosine_similarities(train_sequences, n_items)
-    popularity = np.bincount(
-        np.concatenate([np.unique(s) for s in train_sequences]), minlength=n_items
-    )
+    co_counts = co_occurrences(train_sequences, n_items)
+    similarities = item_similarities(co_counts)
+    popularity = np.diag(co_counts).astype(np.int64)
     genres, genre_names = item_genres(item_text)
-    probe = ResponseModel(
-        similarities, np.zeros(3), np.zeros(n_items), popularity, genres, genre_names, config
-    )
-    rng = np.random.default_rng(config.seed)
-    rows, labels = [], []
-    for items in train_sequences:
-        cut = int(config.profile_share * len(items))
-        if cut < 1 or cut == len(items):
-            continue
-        profile, positives = items[:cut], items[cut:]
-        unseen = np.setdiff1d(np.arange(n_items), items)
-        negatives = rng.choice(unseen, size=len(positives) * config.negatives_per_positive)
-        candidates = np.concatenate([positives, negatives])
-        rows.append(
-            np.column_stack([probe.affinity(profile, candidates), np.log1p(popularity[candidates])])
-        )
-        labels.append(np.r_[np.ones(len(positives)), np.zeros(len(negatives))])
-    if not rows:
-        raise MetarecError("response model: no meta-train user has enough items to calibrate")
-    calibration = fit_logistic(np.concatenate(rows), np.concatenate(labels))
+    features, labels, _, _ = calibration_examples(train_sequences, co_counts, config)
+    calibration = fit_logistic(features, labels)
     items, ratings = np.concatenate(train_sequences), np.concatenate(train_ratings)
     rated = ~np.isnan(ratings)
     likes = np.bincount(items[rated], weights=ratings[rated] >= config.like_threshold,
                         minlength=n_items)  # fmt: skip
-    counts = np.bincount(items[rated], minlength=n_items)
-    overall = likes.sum() / max(1, counts.sum())
-    like_rates = (likes + config.like_prior_weight * overall) / (counts + config.like_prior_weight)
+    rating_counts = np.bincount(items[rated], minlength=n_items)
+    overall = likes.sum() / max(1, rating_counts.sum())
+    prior = config.like_prior_weight
+    like_rates = (likes + prior * overall) / (rating_counts + prior)
     return ResponseModel(
         similarities, calibration, like_rates, popularity, genres, genre_names, config
     )
