@@ -50,7 +50,6 @@ from metarec.rl.logs import (
     logged_log_probabilities,
     logged_sessions,
     slot_probabilities,
-    standardise_scores,
 )
 from metarec.rl.policy import (
     ItemSide,
@@ -60,6 +59,7 @@ from metarec.rl.policy import (
     n_item_features,
     rollout,
     score_logits,
+    standardise_scores,
     state_features,
 )
 from metarec.rl.reinforce import discounted_returns, off_policy_loss, on_policy_loss

@@ -158,6 +158,12 @@ class SlateSimulator:
     def candidate_items(self) -> np.ndarray:
         return self.users.candidates[self.rows]
 
+    def shown_items(self) -> np.ndarray:
+        """(B, M, K) item ids of the last M slates, newest first; -1 where none was shown."""
+        sessions = np.arange(len(self.rows))[:, None, None]
+        items = self.candidate_items[sessions, np.maximum(self.shown, 0)]
+        return np.where(self.shown >= 0, items, -1)
+
     def step(self, slates: np.ndarray, rng: np.random.Generator) -> StepOutcome:
         """Show (B, K) candidate positions; repeated positions in a slate are shown once."""
         config, rows = self.config, self.rows[:, None]
@@ -231,13 +237,11 @@ class SlateEnv(gymnasium.Env):
         history = np.full(config.history_window, self.n_items, dtype=np.int64)
         recent = consumed_items[-config.history_window :].astype(np.int64)
         history[len(history) - len(recent) :] = recent
-        positions = simulator.shown[0].reshape(-1)
-        candidates = simulator.users.candidates[row]
-        shown = np.where(positions >= 0, candidates[np.maximum(positions, 0)], self.n_items)
+        shown = simulator.shown_items()[0].reshape(-1)
         return {
             "history": history,
-            "shown": shown.astype(np.int64),
-            "candidates": candidates.astype(np.int64),
+            "shown": np.where(shown >= 0, shown, self.n_items).astype(np.int64),
+            "candidates": simulator.users.candidates[row].astype(np.int64),
             "scores": simulator.users.scores[row].astype(np.float32),
             "consumed": simulator.consumed[0].astype(np.int8),
         }

@@ -78,12 +78,6 @@ def logged_sessions(
     )  # fmt: skip
 
 
-def standardise_scores(scores: np.ndarray, candidate_scores: np.ndarray) -> np.ndarray:
-    """(U, n) scores z-scored with each user's candidate mean and spread (U, N)."""
-    spread = candidate_scores.std(1, keepdims=True)
-    return (scores - candidate_scores.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
-
-
 def logged_context(
     sessions: LoggedSessions,
     events: np.ndarray,
@@ -141,7 +135,7 @@ def slot_probabilities(
             in_slate = 1.0 - (1.0 - first) ** slate_size
             return in_slate / in_slate.sum(1, keepdim=True)
         features = item_features(context, item_side)
-        slates, _ = build_slate(logit_fn, features, context, item_side, slate_size, None)
+        slates, _, _ = build_slate(logit_fn, features, context, item_side, slate_size, None)
         slots = torch.zeros(context.items.shape)
         slots.scatter_(1, slates, 1.0 / slate_size)
         return slots

@@ -142,9 +142,10 @@ def build_slate(
     item_side: ItemSide,
     slate_size: int,
     noise: np.random.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick ``slate_size`` items one at a time: (B, K) positions into the C items and
-    (B,) log-probability of the slate under the sequential softmax (with gradient).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick ``slate_size`` items one at a time: (B, K) positions into the C items, (B,)
+    log-probability of the slate under the sequential softmax (with gradient) and (B,)
+    entropy of the first pick's distribution (without).
 
     ``noise`` given: each pick is sampled (Gumbel-max); None: each pick is the argmax.
     ``features`` (B, C, 2 + M) from `item_features`.
@@ -154,12 +155,14 @@ def build_slate(
     picked = torch.zeros(batch, choices, dtype=torch.bool)
     in_slate = torch.zeros(batch, item_side.genres.shape[1])
     positions, log_probability = [], torch.zeros(batch)
-    for _ in range(slate_size):
+    for pick in range(slate_size):
         allowed = choosable(picked | context.consumed) & ~picked
         repeats = repeat_share(candidate_genres, in_slate / slate_size)
         logits = logit_fn(torch.cat([features, repeats[..., None]], -1))
         log_softmax = torch.log_softmax(logits.masked_fill(~allowed, float("-inf")), -1)
         ranking = log_softmax.detach()
+        if pick == 0:
+            first_entropy = -(ranking.exp() * ranking.nan_to_num(neginf=0.0)).sum(-1)
         if noise is not None:
             gumbel = torch.as_tensor(noise.gumbel(size=(batch, choices)), dtype=ranking.dtype)
             ranking = ranking + gumbel
@@ -168,22 +171,22 @@ def build_slate(
         picked[torch.arange(batch), choice] = True
         in_slate = in_slate + candidate_genres[torch.arange(batch), choice]
         positions.append(choice)
-    return torch.stack(positions, 1), log_probability
+    return torch.stack(positions, 1), log_probability, first_entropy
+
+
+def standardise_scores(scores: np.ndarray, candidate_scores: np.ndarray) -> np.ndarray:
+    """(U, n) scores z-scored with each user's candidate mean and spread (U, N)."""
+    spread = candidate_scores.std(1, keepdims=True)
+    return (scores - candidate_scores.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
 
 
 def simulator_context(simulator: SlateSimulator) -> SlateContext:
     """The policies' view of the simulator's current sessions."""
-    rows = simulator.rows
-    scores = simulator.users.scores[rows].astype(np.float64)
-    spread = scores.std(1, keepdims=True)
-    standard = (scores - scores.mean(1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
-    items = simulator.candidate_items
-    positions = simulator.shown
-    sessions = np.arange(len(rows))[:, None, None]
-    shown = np.where(positions >= 0, items[sessions, np.maximum(positions, 0)], -1)
+    scores = simulator.users.scores[simulator.rows].astype(np.float64)
     return SlateContext(
-        torch.as_tensor(items), torch.as_tensor(standard, dtype=torch.float32),
-        torch.as_tensor(shown), torch.as_tensor(simulator.consumed),
+        torch.as_tensor(simulator.candidate_items),
+        torch.as_tensor(standardise_scores(scores, scores), dtype=torch.float32),
+        torch.as_tensor(simulator.shown_items()), torch.as_tensor(simulator.consumed),
     )  # fmt: skip
 
 
@@ -213,10 +216,7 @@ def rollout(
         context = simulator_context(simulator)
         progress = torch.full((len(rows),), step / config.horizon)
         states.append(state_features(context, item_side, progress))
-        with torch.no_grad():
-            first = first_pick_log_probabilities(logit_fn, context, item_side)
-            entropies.append(-(first.exp() * first.nan_to_num(neginf=0.0)).sum(-1))
-        slates, log_probability = build_slate(
+        slates, log_probability, entropy = build_slate(
             logit_fn, item_features(context, item_side), context, item_side,
             config.slate_size, rng if sample else None,
         )  # fmt: skip
@@ -224,6 +224,7 @@ def rollout(
         rewards.append(torch.as_tensor(outcome.rewards, dtype=torch.float32) * alive)
         alives.append(alive)
         log_probabilities.append(log_probability)
+        entropies.append(entropy)
         alive = alive * torch.as_tensor(~outcome.left, dtype=torch.float32)
     return Rollout(
         torch.stack(rewards, 1), torch.stack(alives, 1),
