@@ -40,8 +40,7 @@ def trained_run(tmp_path_factory):
     """A tiny meta-trained run on 120 synthetic users, its data options and a flat index."""
     folder = tmp_path_factory.mktemp("rerank")
     raw = synthetic_raw(n_users=120, seed=4)
-    raw.interactions.drop(columns="line").to_csv(folder / "interactions.csv", index=False)
-    raw.items.drop(columns="line").to_csv(folder / "items.csv", index=False)
+    raw.write_csv(folder)
     data = DataConfig(
         dataset="custom",
         interactions=folder / "interactions.csv",

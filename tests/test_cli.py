@@ -17,10 +17,7 @@ from metarec.errors import DataError
 @pytest.fixture()
 def custom_files(tmp_path):
     raw = synthetic_raw(n_users=120, n_items=80, seed=1)
-    interactions = tmp_path / "interactions.csv"
-    items = tmp_path / "items.csv"
-    raw.interactions.drop(columns="line").to_csv(interactions, index=False)
-    raw.items.drop(columns="line").to_csv(items, index=False)
+    interactions, items = raw.write_csv(tmp_path)
     return [
         "--dataset",
         "custom",

@@ -12,6 +12,7 @@ from metarec.data.dataset import Dataset
 from metarec.data.download import download_verified
 from metarec.data.prepare import DataConfig, load_dataset
 from metarec.data.preprocess import PreprocessOptions, preprocess
+from metarec.data.synthetic import synthetic_raw
 from metarec.errors import DataError
 
 
@@ -161,3 +162,12 @@ def test_zip_with_files_at_its_root(tmp_path):
         DataConfig("ml-1m", data_dir=tmp_path / "flat.zip", cache_dir=tmp_path / "c")
     )
     assert dataset.n_items == 3 and len(dataset.interactions) == 5
+
+
+def test_raw_data_written_as_csv_reads_back_equal(tmp_path):
+    raw = synthetic_raw(n_users=20, n_items=30, seed=5)
+    interactions, items = raw.write_csv(tmp_path / "custom")
+    again = load_custom(interactions, items)
+    columns = ["user_id", "item_id", "timestamp", "rating"]
+    pd.testing.assert_frame_equal(again.interactions[columns], raw.interactions[columns])
+    pd.testing.assert_frame_equal(again.items[["item_id", "text"]], raw.items[["item_id", "text"]])

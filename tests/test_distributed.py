@@ -32,8 +32,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 def config_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
     raw = synthetic_raw(n_users=50, n_items=60, seed=3)
-    raw.interactions.drop(columns="line").to_csv(folder / "interactions.csv", index=False)
-    raw.items.drop(columns="line").to_csv(folder / "items.csv", index=False)
+    raw.write_csv(folder)
     config = {
         "data": {
             "dataset": "custom",

@@ -25,8 +25,7 @@ from train.meta_train import MetaTrainRecipe, TrainConfig
 def data_config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
     raw = synthetic_raw(n_users=120, seed=2)
-    raw.interactions.drop(columns="line").to_csv(folder / "interactions.csv", index=False)
-    raw.items.drop(columns="line").to_csv(folder / "items.csv", index=False)
+    raw.write_csv(folder)
     return DataConfig(
         dataset="custom",
         interactions=folder / "interactions.csv",
@@ -173,10 +172,8 @@ def test_meta_lora_beats_noadapt_when_users_follow_their_own_rule(tmp_path):
     initialisation, the held-out test users' query items (the coldstart objective) must be
     likelier than under the same model trained without adaptation (its pretraining stage)."""
     folder = tmp_path / "data"
-    folder.mkdir()
     raw = synthetic_raw(n_users=400, seed=2, follow_probability=0.9, reverse_fraction=0.5)
-    raw.interactions.drop(columns="line").to_csv(folder / "interactions.csv", index=False)
-    raw.items.drop(columns="line").to_csv(folder / "items.csv", index=False)
+    raw.write_csv(folder)
     data = DataConfig(
         dataset="custom",
         interactions=folder / "interactions.csv",

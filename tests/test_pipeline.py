@@ -24,8 +24,7 @@ STEPS = ["data check", "item encoding", "meta-training", "FAISS index", "evaluat
 def pipeline_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
     raw = synthetic_raw(n_users=120, seed=4)
-    raw.interactions.drop(columns="line").to_csv(folder / "interactions.csv", index=False)
-    raw.items.drop(columns="line").to_csv(folder / "items.csv", index=False)
+    raw.write_csv(folder)
     data = {"dataset": "custom", "interactions": str(folder / "interactions.csv"),
             "items": str(folder / "items.csv"), "cache_dir": str(folder / "cache")}  # fmt: skip
     config = {

@@ -23,3 +23,15 @@ class RawData:
     interactions_path: Path
     items: pd.DataFrame | None = None
     items_path: Path | None = None
+
+    def write_csv(self, folder: Path) -> tuple[Path, Path | None]:
+        """Write ``interactions.csv`` (and ``items.csv`` when there is an items table) into
+        ``folder`` as ``--dataset custom`` reads them; the paths written."""
+        folder.mkdir(parents=True, exist_ok=True)
+        interactions = folder / "interactions.csv"
+        self.interactions.drop(columns="line").to_csv(interactions, index=False)
+        if self.items is None:
+            return interactions, None
+        items = folder / "items.csv"
+        self.items.drop(columns="line").to_csv(items, index=False)
+        return interactions, items
