@@ -21,8 +21,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from metarec.data.episodes import collate
-from metarec.dist.engine import MetaStepModule
 from metarec.meta.algorithms import MetaConfig
+from metarec.meta.meta_step import MetaStepModule
 from metarec.models.backbone import BackboneConfig, load_backbone
 from metarec.models.lora import LoRAConfig
 from metarec.models.user_model import UserModel, UserModelConfig

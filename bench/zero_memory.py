@@ -48,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from metarec.data.episodes import sample_episodes
     from metarec.data.prepare import DataConfig
-    from metarec.dist.engine import DistributedConfig
+    from metarec.distributed.engine import DistributedConfig
     from metarec.meta.algorithms import MetaConfig
     from metarec.models.backbone import BackboneConfig
     from metarec.models.lora import LoRAConfig

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from metarec.dist.ds_config import load_ds_config, resolve_ds_config
+from metarec.distributed.ds_config import load_ds_config, resolve_ds_config
 from metarec.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,7 +27,28 @@ from metarec.errors import ConfigError
 from metarec.meta.inner_loop import LossFn, adapt
 from metarec.models.lora import BatchedLoRALinear, FastWeights
 
-ALGORITHMS = ("maml", "fomaml", "metasgd", "proximal", "reptile")
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What the code branches on for one meta-learning algorithm (see the list above)."""
+
+    name: str
+    second_order: bool = False  # differentiates through the inner steps (create_graph=True)
+    learned_rates: bool = False  # one learned inner learning rate per LoRA weight (Meta-SGD)
+    proximal: bool = False  # inner loss plus λ·½‖φ − φ₀‖²
+    reptile: bool = False  # outer objective: the Reptile surrogate plus the constant query loss
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    algorithm.name: algorithm
+    for algorithm in (
+        Algorithm("maml", second_order=True),
+        Algorithm("fomaml"),
+        Algorithm("metasgd", second_order=True, learned_rates=True),
+        Algorithm("proximal", proximal=True),
+        Algorithm("reptile", reptile=True),
+    )
+}
 
 
 @dataclass
@@ -41,9 +62,16 @@ class MetaConfig:
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"meta.algorithm {self.algorithm!r}: expected one of {ALGORITHMS}")
+            raise ConfigError(
+                f"meta.algorithm {self.algorithm!r}: expected one of {tuple(ALGORITHMS)}"
+            )
         if self.inner_steps < 0 or self.inner_lr <= 0:
             raise ConfigError("meta.inner_steps must be >= 0 and meta.inner_lr > 0")
+
+    @property
+    def properties(self) -> Algorithm:
+        """What the code branches on for this config's algorithm."""
+        return ALGORITHMS[self.algorithm]
 
 
 class MetaSGDRates(nn.Module):
@@ -68,7 +96,7 @@ def inner_loop_settings(
 ) -> tuple[float | dict[str, tuple[torch.Tensor, torch.Tensor]], float]:
     """The inner loop's learning rate(s) and proximal strength for ``config``'s algorithm."""
     lr = rates.by_name() if rates is not None else config.inner_lr
-    proximal = config.proximal_strength if config.algorithm == "proximal" else 0.0
+    proximal = config.proximal_strength if config.properties.proximal else 0.0
     return lr, proximal
 
 
@@ -94,12 +122,12 @@ def meta_objective(
     rates: MetaSGDRates | None = None,
 ) -> tuple[torch.Tensor, FastWeights]:
     """The scalar to backpropagate for one batch of users, and their adapted weights."""
-    if config.algorithm == "metasgd" and rates is None:
-        raise ValueError("metasgd needs MetaSGDRates")
-    second_order = config.algorithm in ("maml", "metasgd")
+    algorithm = config.properties
+    if algorithm.learned_rates and rates is None:
+        raise ValueError(f"{algorithm.name} needs MetaSGDRates")
     lr, proximal = inner_loop_settings(config, rates)
-    adapted = adapt(support_loss, start, config.inner_steps, lr, second_order, proximal)
-    if config.algorithm == "reptile":
+    adapted = adapt(support_loss, start, config.inner_steps, lr, algorithm.second_order, proximal)
+    if algorithm.reptile:
         constant = {name: (a.detach(), b.detach()) for name, (a, b) in adapted.items()}
         return reptile_surrogate(start, adapted) + query_loss(constant).mean(), adapted
     return query_loss(adapted).mean(), adapted

@@ -28,7 +28,7 @@ class PeftUserLoop:
     """A copy of ``model`` whose backbone carries peft's LoRA instead of metarec's."""
 
     def __init__(self, model: UserModel, adapter_dir: Path, meta: MetaConfig) -> None:
-        if meta.algorithm == "metasgd":
+        if meta.properties.learned_rates:
             raise ConfigError("the peft loop has one learning rate; metasgd learns one per weight")
         self.meta = meta
         self.adapter_file = adapter_dir / "adapter_model.safetensors"
@@ -60,7 +60,7 @@ class PeftUserLoop:
             optimizer.zero_grad()
             scores = self.model.scores(self._states(items))
             loss = next_item_losses(scores, items[None], torch.tensor([len(items)])).sum()
-            if self.meta.algorithm == "proximal":  # λ·½‖φ − φ₀‖², as the batched inner loop
+            if self.meta.properties.proximal:  # λ·½‖φ − φ₀‖², as the batched inner loop
                 distance = sum(
                     ((p - s) ** 2).sum() for p, s in zip(self.adapter, start, strict=True)
                 )

@@ -8,10 +8,11 @@ returns the objective averaged over all ranks. Two implementations behind one in
   with an all-reduce before the step, so N ranks compute exactly what one would.
 - `DeepSpeedEngine`: ``deepspeed.initialize`` with a resolved ``ds_configs/*.json``
   (ZeRO-2 partitions optimizer state and gradients; ZeRO-3 also the backbone and the
-  LoRA initialisation). The meta objective runs inside the engine's forward
-  (`MetaStepModule`), where ZeRO-3 gathers each layer's weights as the inner loop reaches
-  it; the few tensors the inner loop reads directly (the LoRA initialisation, id
-  embeddings, Meta-SGD rates) are registered as the module's external parameters.
+  LoRA initialisation). The meta objective runs inside the engine's forward (the
+  `MetaStep` module the recipe hands over, `metarec.meta.meta_step.MetaStepModule`), where
+  ZeRO-3 gathers each layer's weights as the inner loop reaches it; the few tensors the
+  inner loop reads directly (the LoRA initialisation, id embeddings, Meta-SGD rates) are
+  registered as the module's external parameters.
 
 Resumable state (`save_state` / `load_state`) is model + optimiser for exact resumption;
 the recipe adds the data position and RNG states.
@@ -20,9 +21,10 @@ the recipe adds the data position and RNG states.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -31,17 +33,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from metarec.data.episodes import EpisodeBatch, collate
-from metarec.dist.ds_config import load_ds_config, micro_batch_size, resolve_ds_config
+from metarec.distributed.ds_config import load_ds_config, micro_batch_size, resolve_ds_config
 from metarec.errors import ConfigError
-from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
-from metarec.meta.inner_loop import LossFn
-from metarec.meta.personalise import query_loss_fn, support_loss_fn
-from metarec.models.activation_checkpointing import enable_activation_checkpointing
-from metarec.models.lora import initial_fast_weights
-from metarec.models.user_model import UserModel
 
 Episode = tuple[np.ndarray, np.ndarray]  # (support items, query items)
-QueryLossBuilder = Callable[[UserModel, EpisodeBatch, torch.Tensor], LossFn]
 
 
 @dataclass
@@ -52,44 +47,40 @@ class DistributedConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (DeepSpeed only)
     gradient_accumulation_steps: int = 1
     gradient_clipping: float = 0.0  # 0: off
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = False  # the recipe applies it to the backbone
     backend: str = "auto"  # torch.distributed backend; auto: nccl with CUDA, else gloo
 
 
-class MetaStepModule(nn.Module):
-    """The meta objective of a batch of users as a forward pass (what DeepSpeed wraps)."""
+class MetaStep(Protocol):
+    """What the engine needs of the objective the recipe hands it.
 
-    def __init__(self, model: UserModel, meta: MetaConfig, rates: MetaSGDRates | None) -> None:
-        super().__init__()
-        self.model = model
-        self.rates = rates
-        self.meta = meta
-        # what the adapted weights are judged by; distillation swaps in a teacher's targets
-        self.query_loss: QueryLossBuilder = query_loss_fn
+    An `nn.Module` (DeepSpeed wraps it) whose forward is the meta objective of a micro
+    batch of users; the recipe's is `metarec.meta.meta_step.MetaStepModule`.
+    """
+
+    @property
+    def algorithm(self) -> str:
+        """The meta-learning algorithm's name (for error messages)."""
+        ...
+
+    @property
+    def second_order(self) -> bool:
+        """Whether the meta-gradient differentiates the inner gradients again."""
+        ...
+
+    def __call__(
+        self, support: torch.Tensor, support_lengths: torch.Tensor, query: torch.Tensor
+    ) -> torch.Tensor:
+        """The module's forward: the mean meta objective of the batch, a scalar."""
+        ...
 
     def directly_read_parameters(self) -> list[nn.Parameter]:
         """Parameters used outside their own module's forward (ZeRO-3 must gather them)."""
-        params = [self.model.id_embedding.weight]
-        for layer in self.model.lora_layers.values():
-            params += [layer.lora_A.weight, layer.lora_B.weight]
-        if self.rates is not None:
-            params += list(self.rates.parameters())
-        return params
+        ...
 
-    def forward(
-        self, support: torch.Tensor, support_lengths: torch.Tensor, query: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean meta objective over the batch (see `metarec.meta.algorithms`)."""
-        batch = EpisodeBatch(support, support_lengths, query)
-        excluded = batch.support_excluded(self.model.id_embedding.num_embeddings)
-        objective, _ = meta_objective(
-            self.meta,
-            support_loss_fn(self.model, batch),
-            self.query_loss(self.model, batch, excluded),
-            initial_fast_weights(self.model.lora_layers, len(support)),
-            self.rates,
-        )
-        return objective
+    def parameters(self) -> Iterator[nn.Parameter]: ...
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
 
 
 def init_process_group(config: DistributedConfig, launched_world_size: int) -> None:
@@ -110,7 +101,7 @@ def init_process_group(config: DistributedConfig, launched_world_size: int) -> N
 class LocalEngine:
     """Adam on every rank's full copy; gradients averaged across ranks before each step."""
 
-    def __init__(self, module: MetaStepModule, outer_lr: float, config: DistributedConfig):
+    def __init__(self, module: MetaStep, outer_lr: float, config: DistributedConfig):
         if config.precision != "fp32":
             raise ConfigError(
                 f"distributed.precision={config.precision} needs a DeepSpeed config "
@@ -143,7 +134,8 @@ class LocalEngine:
             flat = torch.cat([grad.reshape(-1) for grad in grads])
             dist.all_reduce(flat)
             flat /= self.world_size
-            for param, averaged in zip(self.params, flat.split([p.numel() for p in self.params])):
+            sizes = [p.numel() for p in self.params]
+            for param, averaged in zip(self.params, flat.split(sizes), strict=True):
                 param.grad = averaged.view_as(param)
         if self.config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(self.params, self.config.gradient_clipping)
@@ -170,17 +162,22 @@ class LocalEngine:
 
 
 class DeepSpeedEngine:
-    """``deepspeed.initialize`` around `MetaStepModule`; DeepSpeed averages and steps."""
+    """``deepspeed.initialize`` around the `MetaStep` module; DeepSpeed averages and steps."""
 
     def __init__(
         self,
-        module: MetaStepModule,
+        module: MetaStep,
         outer_lr: float,
         config: DistributedConfig,
         users_per_batch: int,
     ) -> None:
-        import deepspeed
-
+        try:
+            import deepspeed
+        except ImportError:
+            raise ConfigError(
+                f"distributed.deepspeed_config={config.deepspeed_config} needs DeepSpeed: "
+                'pip install "metarec[deepspeed]"'
+            ) from None
         self.deepspeed = deepspeed
         world_size = dist.get_world_size()
         ds_config = resolve_ds_config(
@@ -195,9 +192,9 @@ class DeepSpeedEngine:
         )
         self.stage = ds_config.get("zero_optimization", {}).get("stage", 0)
         self.gathers_weights = self.stage == 3  # see `gathered`
-        if self.stage == 3 and module.meta.algorithm in ("maml", "metasgd"):
+        if self.stage == 3 and module.second_order:
             raise ConfigError(
-                f"meta.algorithm={module.meta.algorithm} under ZeRO-3: second-order "
+                f"meta.algorithm={module.algorithm} under ZeRO-3: second-order "
                 "meta-gradients differentiate the inner gradients again after ZeRO-3 has "
                 "released the layer weights; use ZeRO-2 or a first-order algorithm "
                 "(fomaml, reptile, proximal)"
@@ -251,13 +248,14 @@ class DeepSpeedEngine:
 
 
 def build_engine(
-    module: MetaStepModule, outer_lr: float, config: DistributedConfig, users_per_batch: int
+    module: MetaStep, outer_lr: float, config: DistributedConfig, users_per_batch: int
 ) -> LocalEngine | DeepSpeedEngine:
-    """The engine ``config`` asks for (after `init_process_group`)."""
+    """The engine ``config`` asks for (after `init_process_group`).
+
+    The recipe applies ``config.activation_checkpointing`` to its backbone before this.
+    """
     if config.gradient_accumulation_steps < 1:
         raise ConfigError("distributed.gradient_accumulation_steps must be at least 1")
-    if config.activation_checkpointing:
-        enable_activation_checkpointing(module.model.backbone)
     if config.deepspeed_config is not None:
         return DeepSpeedEngine(module, outer_lr, config, users_per_batch)
     world_size = dist.get_world_size() if dist.is_initialized() else 1

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metarec.hashing import sha256_of
 from metarec.errors import MetarecError
+from metarec.hashing import sha256_of
 
 MANIFEST = "manifest.json"
 CLIENT = "client.json"

@@ -1,0 +1,221 @@
+"""Command-line options that several commands share, and how they become configs.
+
+Every command module has ``add_arguments(parser)``, ``config_from_args(args, env)`` and
+``run(config)``. The groups of options that many of them take (where the data is, which
+training config, a run dir, remote code) are declared here once. `Environment` carries what
+the entry point (`metarec.cli`, the only reader of environment variables) found there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from metarec.config import from_mapping, load_yaml
+from metarec.data.dataset import Dataset
+from metarec.data.prepare import DataConfig
+from metarec.errors import MetarecError
+from metarec.trained_run import TrainConfig
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@dataclass
+class Environment:
+    """What a command takes from the environment; read by `metarec.cli` only."""
+
+    data_dir: Path | None = None  # METAREC_DATA_DIR
+    cache_dir: Path | None = None  # METAREC_CACHE_DIR
+    world_size: int = 1  # WORLD_SIZE, set by torchrun / deepspeed
+    rank: int = 0  # RANK
+    accelerate_deepspeed_config: Path | None = None  # under `accelerate launch` with DeepSpeed
+
+    @classmethod
+    def from_variables(cls, variables: Mapping[str, str]) -> Environment:
+        """Pick the variables metarec uses out of ``variables`` (e.g. ``os.environ``)."""
+
+        def path(name: str) -> Path | None:
+            return Path(variables[name]) if variables.get(name) else None
+
+        under_accelerate_deepspeed = variables.get("ACCELERATE_USE_DEEPSPEED") == "true"
+        return cls(
+            data_dir=path("METAREC_DATA_DIR"),
+            cache_dir=path("METAREC_CACHE_DIR"),
+            world_size=int(variables.get("WORLD_SIZE", "1")),
+            rank=int(variables.get("RANK", "0")),
+            accelerate_deepspeed_config=path("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+            if under_accelerate_deepspeed
+            else None,
+        )
+
+    @property
+    def cache_dir_or_default(self) -> Path:
+        return self.cache_dir or Path("~/.cache/metarec")
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse type: ``"5,10,20"`` -> ``[5, 10, 20]``."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def name_list(text: str) -> list[str]:
+    """``"pop, itemknn"`` -> ``["pop", "itemknn"]``."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="ml-100k", help="ml-100k, ml-1m or custom")
+    group.add_argument(
+        "--data-dir",
+        type=Path,
+        help="local copy of the dataset (folder or zip); default $METAREC_DATA_DIR, "
+        "else download into the cache",
+    )
+    group.add_argument("--interactions", type=Path, help="custom: interactions CSV/Parquet")
+    group.add_argument("--items", type=Path, help="custom: items CSV/Parquet")
+    group.add_argument("--min-rating", type=float, help="keep interactions rated at least this")
+    group.add_argument("--k-core", type=int, default=0, help="k-core filter (0 = off)")
+    group.add_argument(
+        "--cache-dir", type=Path, help="default $METAREC_CACHE_DIR, else ~/.cache/metarec"
+    )
+
+
+def data_config(args: argparse.Namespace, env: Environment) -> DataConfig:
+    """The `DataConfig` of `add_data_options`' options, with the environment's defaults."""
+    return DataConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir or env.data_dir,
+        interactions=args.interactions,
+        items=args.items,
+        min_rating=args.min_rating,
+        k_core=args.k_core,
+        cache_dir=args.cache_dir or env.cache_dir_or_default,
+    )
+
+
+def add_remote_code_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="allow a backbone's own Python code from its model folder (off unless given)",
+    )
+
+
+def add_run_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """A command on a trained run: the data its catalogue comes from, the run, remote code."""
+    add_data_options(parser)
+    parser.add_argument("--checkpoint", type=Path, required=True, help=what)
+    add_remote_code_option(parser)
+
+
+def add_train_config_options(parser: argparse.ArgumentParser) -> None:
+    """A command driven by a training config: YAML, ``--set`` overrides, split seed."""
+    parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/quick.yaml")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set meta.inner_lr=0.01 (repeatable)",
+    )
+    parser.add_argument("--split-seed", type=int)
+    add_remote_code_option(parser)
+
+
+def history_indices(dataset: Dataset, raw_items: list[int]) -> np.ndarray:
+    """``--history`` raw item ids as the dataset's item indices, or an error naming the unknown."""
+    positions = dataset.item_positions()
+    unknown = [item for item in raw_items if item not in positions]
+    if unknown:
+        raise MetarecError(f"--history: unknown item ids {unknown} in {dataset.name}")
+    return np.array([positions[item] for item in raw_items], dtype=np.int64)
+
+
+def check_writable(path: Path | None) -> None:
+    """Fail before hours of work, not after, when an output cannot be written."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise MetarecError(f"{path}: output is not writable ({err.strerror})") from None
+
+
+def apply_override(config: dict, assignment: str) -> None:
+    """Set ``a.b.c=value`` (value parsed as YAML) inside a nested config mapping."""
+    key, separator, value = assignment.partition("=")
+    if not separator:
+        raise MetarecError(f"--set {assignment!r}: expected KEY=VALUE, e.g. meta.inner_lr=0.01")
+    *parents, leaf = key.strip().split(".")
+    node = config
+    for part in parents:
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise MetarecError(f"--set {assignment!r}: {part} is not a section")
+    try:
+        node[leaf] = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise MetarecError(f"--set {assignment!r}: the value is not valid YAML ({err})") from None
+
+
+def config_mapping(
+    path: Path,
+    overrides: list[str],
+    split_seed: int | None,
+    output_dir: Path | None,
+    env: Environment,
+) -> dict:
+    """A YAML config as a mapping, then ``--set`` overrides, options and environment."""
+    raw = load_yaml(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    if split_seed is not None:
+        raw["split_seed"] = split_seed
+    if output_dir is not None:
+        raw["output_dir"] = str(output_dir)
+    data = raw["data"] = raw.get("data") or {}
+    if "data_dir" not in data and env.data_dir:
+        data["data_dir"] = str(env.data_dir)
+    data.setdefault("cache_dir", str(env.cache_dir_or_default))
+    return raw
+
+
+def allow_remote_code(config: TrainConfig, trust_remote_code: bool, where: str) -> None:
+    """Model-hub code runs only when the command line says so, never from a config alone."""
+    backbone = config.model.backbone
+    if backbone.trust_remote_code and not trust_remote_code:
+        raise MetarecError(
+            f"{where}: model.backbone.trust_remote_code is true, which runs code shipped "
+            "with the model; pass --trust-remote-code to allow it"
+        )
+    backbone.trust_remote_code = trust_remote_code
+
+
+def train_config(
+    args: argparse.Namespace, env: Environment, output_dir: Path | None = None
+) -> TrainConfig:
+    """The training config of `add_train_config_options`: YAML, ``--set``, then options and
+    environment (under ``accelerate launch`` with DeepSpeed, its DeepSpeed config)."""
+    raw = config_mapping(args.config, args.set, args.split_seed, output_dir, env)
+    distributed = raw["distributed"] = raw.get("distributed") or {}
+    if env.accelerate_deepspeed_config is not None:
+        distributed.setdefault("deepspeed_config", str(env.accelerate_deepspeed_config))
+    config = from_mapping(TrainConfig, raw, where=f"{args.config}: config")
+    allow_remote_code(config, args.trust_remote_code, str(args.config))
+    return config
