@@ -6,6 +6,7 @@ Layout of ``<run>/checkpoint/``::
     adapter/adapter_model.safetensors
     weights.safetensors                everything else that was trained (item side, rates)
     config.json                        the resolved training config
+    dataset.json                       fingerprints of the data it was trained on
     metrics.json                       per-epoch metrics
 
 The folder is written with `metarec.atomic.atomic_dir`, so a crash during a save leaves
@@ -21,14 +22,15 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from metarec.atomic import atomic_dir, recover
 from metarec.errors import MetarecError
 from metarec.hashing import sha256_of
 from metarec.models.lora import BatchedLoRALinear, LoRAConfig, load_peft_adapter, save_peft_adapter
 
-REQUIRED = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors",
-            "weights.safetensors", "config.json")  # fmt: skip
+ADAPTER_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors")
+REQUIRED = (*ADAPTER_FILES, "weights.safetensors", "config.json")
 
 
 def save_checkpoint(
@@ -39,6 +41,7 @@ def save_checkpoint(
     weights: dict[str, torch.Tensor],
     config: dict[str, Any],
     metrics: list[dict],
+    dataset_fingerprint: dict[str, str],
 ) -> None:
     """Write a checkpoint to ``folder`` atomically (replacing an older one)."""
     with atomic_dir(folder) as staging:
@@ -46,6 +49,7 @@ def save_checkpoint(
         tensors = {name: tensor.detach().contiguous() for name, tensor in weights.items()}
         save_file(tensors, str(staging / "weights.safetensors"))
         (staging / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        (staging / "dataset.json").write_text(json.dumps(dataset_fingerprint, indent=2))
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
 
@@ -63,15 +67,62 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tenso
     return config, weights
 
 
-def load_adapter_into(lora_layers: dict[str, BatchedLoRALinear], folder: Path) -> None:
-    """Load the checkpoint's peft adapter into the model's LoRA layers."""
+def read_dataset_fingerprint(folder: Path) -> dict[str, str] | None:
+    """The fingerprints of the data a checkpoint was trained on (None: saved before they were)."""
+    path = folder / "dataset.json"
+    if not path.is_file():
+        return None
     try:
-        load_peft_adapter(lora_layers, folder / "adapter")
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError) as err:
+        raise MetarecError(f"{path}: checkpoint is corrupt ({err})") from None
+
+
+def weight_files_sha256(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file a checkpoint scores with: the adapter and the other weights."""
+    return {name: sha256_of(folder / name) for name in (*ADAPTER_FILES, "weights.safetensors")}
+
+
+def trained_weights(model: nn.Module, rates: nn.Module | None) -> dict[str, nn.Parameter]:
+    """What a checkpoint stores besides the adapter: the item side, projections and rates.
+
+    ``model`` is a `UserModel` (its ``lora_parameter_names()`` are the adapter's);
+    ``rates`` the learned inner rates of ``metasgd``, if any.
+    """
+    weights = {f"model.{name}": p for name, p in model.named_parameters() if p.requires_grad}
+    for name in model.lora_parameter_names():
+        del weights[f"model.{name}"]
+    if rates is not None:
+        weights.update({f"rates.{name}": p for name, p in rates.named_parameters()})
+    return weights
+
+
+def load_trained_weights(
+    model: nn.Module,
+    rates: nn.Module | None,
+    folder: Path,
+    weights: dict[str, torch.Tensor],
+) -> None:
+    """Copy a checkpoint's adapter and ``weights`` (from `read_checkpoint`) into ``model``.
+
+    Learned inner rates are copied when both sides have them; a checkpoint without them
+    (an ``llm-noadapt`` run) can still start a ``metasgd`` run, whose rates stay fresh.
+    """
+    try:
+        load_peft_adapter(model.lora_layers, folder / "adapter")
     except (SafetensorError, OSError, RuntimeError) as err:  # RuntimeError: shape mismatch
         raise MetarecError(f"{folder / 'adapter'}: adapter is corrupt ({err})") from None
-
-
-def checkpoint_fingerprint(folder: Path) -> str:
-    """Names the trained item side of a checkpoint, for index folders built from it."""
-    read_checkpoint(folder)
-    return f"metarec:{sha256_of(folder / 'weights.safetensors')[:16]}"
+    own = trained_weights(model, rates)
+    if not any(name.startswith("rates.") for name in weights):
+        own = {name: p for name, p in own.items() if not name.startswith("rates.")}
+    if set(own) != set(weights):
+        difference = sorted(set(own) ^ set(weights))[:3]
+        raise MetarecError(f"{folder}: weights do not match the model (e.g. {difference})")
+    for name, tensor in weights.items():
+        if own[name].shape != tensor.shape:
+            raise MetarecError(
+                f"{folder}: weight {name} {tuple(tensor.shape)} does not fit this model "
+                f"{tuple(own[name].shape)} (was it trained on another catalogue?)"
+            )
+        with torch.no_grad():
+            own[name].copy_(tensor)

@@ -18,6 +18,7 @@ from metarec.meta.recommender import LLMRecommender
 from metarec.models.backbone import BackboneConfig, load_backbone
 from metarec.models.lora import LoRAConfig
 from metarec.models.user_model import UserModelConfig
+from metarec.trained_run import TrainedRun
 from train.meta_train import MetaTrainRecipe, TrainConfig
 
 
@@ -111,9 +112,7 @@ def test_evaluate_llm_methods_from_checkpoints(data_config, tmp_path):
     methods = json.loads(output.read_text())["methods"]
     assert set(methods) == {"pop", "llm-noadapt", "llm-finetune", "meta-lora"}
     # the checkpoint reproduces the live model: same scores for the same users
-    loaded = LLMRecommender.from_checkpoint(
-        tmp_path / "meta" / "checkpoint", meta_run.item_text, data_config.cache_dir
-    )
+    loaded = TrainedRun(tmp_path / "meta", data_config).recommender()
     live = LLMRecommender(meta_run.model, meta_run.config.meta)
     histories = [case.history for case in meta_run.split.valid[:6]]
     np.testing.assert_allclose(loaded.score(histories), live.score(histories), atol=1e-5)
@@ -188,9 +187,7 @@ def test_meta_lora_beats_noadapt_when_users_follow_their_own_rule(tmp_path):
     batch = collate([case.history for case in test], [case.relevant for case in test])
     losses = {}
     for name, run in (("llm-noadapt", "run/pretrained"), ("meta-lora", "run")):
-        method = LLMRecommender.from_checkpoint(
-            tmp_path / run / "checkpoint", recipe.item_text, data.cache_dir
-        )
+        method = TrainedRun(tmp_path / run, data).recommender()
         losses[name] = episode_losses(method.model, batch, config.meta, None)
     assert len(test) == 80
     noadapt = losses["llm-noadapt"]["query_loss_before"]

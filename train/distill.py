@@ -18,12 +18,13 @@ adapted teacher would rank. The ``meta`` stage then meta-trains the student as u
 
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from metarec.checkpoint import read_checkpoint
 from metarec.data.episodes import EpisodeBatch
 from metarec.errors import ConfigError
 from metarec.meta.algorithms import MetaConfig
@@ -31,7 +32,14 @@ from metarec.meta.inner_loop import LossFn
 from metarec.meta.personalise import adapted_scores, last_states, query_loss_fn
 from metarec.meta.recommender import LLMRecommender
 from metarec.models.user_model import UserModel
-from train.meta_train import MetaTrainRecipe, TrainConfig
+from metarec.options import (
+    Environment,
+    add_train_config_options,
+    check_writable,
+    train_config,
+)
+from metarec.trained_run import TrainConfig, TrainedRun
+from train.meta_train import MetaTrainRecipe
 
 
 @dataclass
@@ -90,19 +98,17 @@ class DistillRecipe(MetaTrainRecipe):
         if self.config.pretrain_epochs or self.config.init_from is not None:
             raise ConfigError("distill: the student starts from the teacher; no pretraining stage")
         super().setup()
-        folder = self.distill.teacher / "checkpoint"
-        self.teacher = LLMRecommender.from_checkpoint(
-            folder, self.item_text, self.config.data.cache_dir.expanduser(),
-            trust_remote_code=self.config.model.backbone.trust_remote_code,
-        )  # fmt: skip
+        teacher = TrainedRun(
+            self.distill.teacher, self.config.data, self.config.model.backbone.trust_remote_code
+        )
+        self.teacher = teacher.recommender()
         self.teacher.model.requires_grad_(False)
-        copied = self.start_from_teacher(folder)
+        copied = self.start_from_teacher(teacher.weights)
         print(f"student starts from {copied} teacher tensors")
 
-    def start_from_teacher(self, folder: Path) -> int:
+    def start_from_teacher(self, weights: dict[str, torch.Tensor]) -> int:
         """Copy every teacher tensor the student has with the same shape (item side, LoRA
-        of shared layers); returns how many."""
-        _, weights = read_checkpoint(folder)
+        of shared layers, the teacher checkpoint's ``weights``); returns how many."""
         teacher_lora = {
             name: tensor
             for layer_name, layer in self.teacher.model.lora_layers.items()
@@ -138,3 +144,28 @@ def distill(config: DistillConfig) -> list[dict]:
         return recipe.train()
     finally:
         recipe.cleanup()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_config_options(parser)
+    parser.add_argument("--teacher", type=Path, required=True, help="the teacher's run dir")
+    parser.add_argument("--output-dir", type=Path, help="the student's run dir")
+    parser.add_argument("--distill-epochs", type=int, default=2)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--weight", type=float, default=0.5, help="share of the KL term")
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> DistillConfig:
+    return DistillConfig(
+        train=train_config(args, env, output_dir=args.output_dir),
+        teacher=args.teacher,
+        distill_epochs=args.distill_epochs,
+        temperature=args.temperature,
+        weight=args.weight,
+    )
+
+
+def run(config: DistillConfig) -> None:
+    check_writable(config.train.output_dir / "config.json")
+    history = distill(config)
+    print(json.dumps(history[-1], indent=2))

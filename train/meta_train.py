@@ -1,7 +1,7 @@
 """Meta-train the LoRA initialisation of the LLM user model on cold-start episodes.
 
     metarec train --config configs/tiny.yaml --output-dir runs/tiny
-    torchrun --nproc_per_node 2 train/meta_train.py --config configs/tiny.yaml \
+    torchrun --nproc_per_node 2 -m metarec train --config configs/tiny.yaml \
         --set distributed.deepspeed_config=ds_configs/zero3.json
 
 Reading order: config → setup (data, split, user model, engine) → train (an optional
@@ -15,18 +15,19 @@ shared LoRA initialisation and the item side. ``meta.inner_steps = 0`` trains th
 model without adaptation (the ``llm-noadapt`` comparison: ordinary multi-user training).
 
 Under a launcher (torchrun, deepspeed, accelerate) each rank takes an equal share of every
-meta step's users (`metarec.dist.engine`); validation users are shared out the same way
+meta step's users (`metarec.distributed.engine`); validation users are shared out the same way
 and the metrics summed over ranks. Only rank 0 writes checkpoints, TensorBoard and logs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +37,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from metarec.atomic import atomic_file
-from metarec.checkpoint import read_checkpoint, save_checkpoint
+from metarec.checkpoint import save_checkpoint, trained_weights
 from metarec.data.episodes import collate, sample_episodes
-from metarec.data.prepare import DataConfig, load_dataset
-from metarec.data.splits import UserCase, coldstart_split, loo_split
-from metarec.dist import state
-from metarec.dist.engine import (
-    DistributedConfig,
-    MetaStepModule,
+from metarec.data.prepare import load_dataset
+from metarec.data.splits import UserCase
+from metarec.distributed import state
+from metarec.distributed.engine import (
     all_reduce_sums,
     build_engine,
     init_process_group,
@@ -52,58 +51,19 @@ from metarec.dist.engine import (
 from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates
+from metarec.meta.meta_step import MetaStepModule
 from metarec.meta.personalise import episode_losses
-from metarec.meta.recommender import LLMRecommender, load_trained_weights, trained_weights
-from metarec.models.user_model import UserModel, UserModelConfig
+from metarec.meta.recommender import LLMRecommender
+from metarec.models.activation_checkpointing import enable_activation_checkpointing
+from metarec.models.user_model import UserModel
+from metarec.options import (
+    Environment,
+    add_train_config_options,
+    check_writable,
+    train_config,
+)
 from metarec.provenance import provenance
-
-TRAINING_PROTOCOLS = ("coldstart", "loo")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a meta-training run depends on (saved as ``config.json`` in the run dir)."""
-
-    data: DataConfig = field(default_factory=DataConfig)
-    model: UserModelConfig = field(default_factory=UserModelConfig)
-    meta: MetaConfig = field(default_factory=MetaConfig)
-    # The users the model may train on: "coldstart" (meta-train users; evaluate on coldstart
-    # with the same split_seed) or "loo" (every user's history but its last two items;
-    # evaluate on loo or sampled).
-    protocol: str = "coldstart"
-    split_seed: int = 0
-    support_sizes: list[int] = field(default_factory=lambda: [5, 10, 20])
-    query_size: int = 10
-    valid_support_size: int = 10
-    valid_users: int = 512  # validation after each epoch scores at most this many users
-    users_per_batch: int = 16
-    # Ordinary multi-user training (no inner loop) before meta-training. Its best epoch is
-    # saved as <output_dir>/pretrained (the llm-noadapt comparison) and starts meta-training.
-    pretrain_epochs: int = 0
-    # Meta-training continues from the pretrained weights and Adam state at outer_lr,
-    # usually smaller: a large step would undo what pretraining learned.
-    pretrain_lr: float | None = None  # default: outer_lr
-    epochs: int = 1
-    outer_lr: float = 1e-3
-    seed: int = 0
-    output_dir: Path = Path("runs/meta")
-    # A run dir (e.g. the llm-noadapt run) whose trained weights start this one, so
-    # meta-learning refines ordinary multi-user training instead of starting from scratch.
-    init_from: Path | None = None
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    # Resumable state every this many meta steps (0: none) under <output_dir>/state,
-    # keeping the newest keep_states; `metarec train --resume` continues from the newest.
-    state_every: int = 0
-    keep_states: int = 2
-
-    def __post_init__(self) -> None:
-        if self.protocol not in TRAINING_PROTOCOLS:
-            raise ConfigError(f"protocol {self.protocol!r}: expected one of {TRAINING_PROTOCOLS}")
-        if not self.support_sizes or min(self.support_sizes) < 2:
-            raise ConfigError(
-                f"support_sizes {self.support_sizes}: each must be at least 2 (the support "
-                "loss predicts the next support item)"
-            )
+from metarec.trained_run import TrainConfig, TrainedRun, run_split
 
 
 class MetaTrainRecipe:
@@ -125,14 +85,9 @@ class MetaTrainRecipe:
         dataset = load_dataset(config.data)
         self.n_items = dataset.n_items
         self.item_text = dataset.item_text
-        if config.protocol == "coldstart":
-            self.split = coldstart_split(
-                dataset.sequences(), dataset.n_items, config.valid_support_size,
-                config.query_size, config.split_seed,
-            )  # fmt: skip
-        else:
-            self.split = loo_split(dataset.sequences(), dataset.n_items, dataset.user_ids)
-        if config.meta.algorithm in ("maml", "metasgd"):
+        self.dataset_fingerprint = dataset.fingerprint()
+        self.split = run_split(config, dataset, config.valid_support_size)
+        if config.meta.properties.second_order:
             config.model.backbone.attention = "eager"  # SDPA on CPU has no double backward
         self.model = UserModel.build(
             config.model,
@@ -141,12 +96,14 @@ class MetaTrainRecipe:
             self.split.train_sequences,
         )
         self.rates = None
-        if config.meta.algorithm == "metasgd":
+        if config.meta.properties.learned_rates:
             self.rates = MetaSGDRates(self.model.lora_layers, config.meta.inner_lr)
         if config.init_from is not None:
             self.load_initial_weights(config.init_from)
         self.stages = self.plan()
         self.step_module = MetaStepModule(self.model, self.stages[0][1], self.rates)
+        if config.distributed.activation_checkpointing:
+            enable_activation_checkpointing(self.model.backbone)
         first_lr = self.stages[0][3].outer_lr
         self.engine = build_engine(
             self.step_module, first_lr, config.distributed, config.users_per_batch
@@ -201,10 +158,14 @@ class MetaTrainRecipe:
 
     def load_initial_weights(self, run: Path) -> None:
         """Start from another run's weights: same model, same data and split, or an error."""
-        trained_on, weights = read_checkpoint(run / "checkpoint")
+        initial = TrainedRun(run)
+        trained_on = json.loads(json.dumps(asdict(initial.config), default=str))
         ours = json.loads(json.dumps(asdict(self.config), default=str))
-        for config in (trained_on, ours):  # second-order runs switch attention: same weights
-            config["model"]["backbone"].pop("attention", None)
+        for config in (trained_on, ours):
+            # second-order runs switch attention, and remote code is the command line's
+            # call: neither changes the weights
+            for key in ("attention", "trust_remote_code"):
+                config["model"]["backbone"].pop(key, None)
         for key in ("model", "data", "protocol", "split_seed", "query_size", "valid_support_size"):
             if trained_on.get(key) != ours[key]:
                 raise ConfigError(
@@ -212,7 +173,7 @@ class MetaTrainRecipe:
                     f"{ours[key]!r} (the weights must fit the model and the split must keep "
                     "test users unseen)"
                 )
-        load_trained_weights(self.model, self.rates, run / "checkpoint", weights)
+        initial.load_weights_into(self.model, self.rates)
 
     def validate(self, cases: list[UserCase], meta: MetaConfig) -> dict[str, float]:
         """ndcg@10 and support/query losses of validation users before and after adaptation.
@@ -351,11 +312,12 @@ class MetaTrainRecipe:
                     trained_weights(self.model, self.rates),
                     asdict(saved_as),
                     history,
+                    self.dataset_fingerprint,
                 )
         self.barrier()
 
     def maybe_save_state(self) -> None:
-        """Every ``state_every`` steps: a resumable state (see `metarec.dist.state`)."""
+        """Every ``state_every`` steps: a resumable state (see `metarec.distributed.state`)."""
         every = self.config.state_every
         if every <= 0 or self.step % every:
             return
@@ -413,7 +375,7 @@ class MetaTrainRecipe:
             self.writer.close()
 
 
-def run(
+def train(
     config: TrainConfig,
     resume: bool = False,
     launched_world_size: int = 1,
@@ -429,7 +391,45 @@ def run(
         recipe.cleanup()
 
 
-if __name__ == "__main__":  # launchers run this file: torchrun ... train/meta_train.py --config
-    from metarec.cli import main
+@dataclass
+class TrainCommandConfig:
+    """``metarec train``: the training config and how this process was launched."""
 
-    sys.exit(main(["train", *sys.argv[1:]]))
+    train: TrainConfig
+    resume: bool = False
+    launched_world_size: int = 1  # processes the launcher started (WORLD_SIZE)
+    rank: int = 0  # this process's rank (RANK): only rank 0 prints
+    kill_at_step: tuple[int, int] | None = None  # tests: SIGKILL rank R after saving step S
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_config_options(parser)
+    parser.add_argument("--output-dir", type=Path)
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the newest state in <output_dir>/state"
+    )
+    # fault injection for the resume tests: SIGKILL rank R right after it saves step S
+    parser.add_argument("--kill-at-step", metavar="RANK:STEP", help=argparse.SUPPRESS)
+    # the deepspeed launcher passes --local_rank; ranks come from the environment instead
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> TrainCommandConfig:
+    kill_at_step = None
+    if args.kill_at_step:
+        rank, _, step = args.kill_at_step.partition(":")
+        kill_at_step = (int(rank), int(step))
+    return TrainCommandConfig(
+        train=train_config(args, env, output_dir=args.output_dir),
+        resume=args.resume,
+        launched_world_size=env.world_size,
+        rank=env.rank,
+        kill_at_step=kill_at_step,
+    )
+
+
+def run(config: TrainCommandConfig) -> None:
+    check_writable(config.train.output_dir / "config.json")
+    history = train(config.train, config.resume, config.launched_world_size, config.kill_at_step)
+    if config.rank == 0:
+        print(json.dumps(history[-1], indent=2))

@@ -7,6 +7,7 @@ raw ids travel with the dataset and are saved beside it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,20 @@ class Dataset:
     def rating_sequences(self) -> list[np.ndarray]:
         """Each user's ratings in the order of `sequences` (NaN where the source has none)."""
         return self._per_user("rating")
+
+    def fingerprint(self) -> dict[str, str]:
+        """SHA-256 prefixes of the interactions and of the items table (ids and text).
+
+        A run records them when it is trained; jobs compare them to refuse other data.
+        """
+        interactions = hashlib.sha256()
+        for column in ("user", "item", "timestamp"):
+            interactions.update(np.ascontiguousarray(self.interactions[column].to_numpy()))
+        interactions.update(np.ascontiguousarray(self.user_ids))
+        items = hashlib.sha256(np.ascontiguousarray(self.item_ids))
+        for text in self.item_text:
+            items.update(text.encode() + b"\0")
+        return {"interactions": interactions.hexdigest()[:16], "items": items.hexdigest()[:16]}
 
     def stats(self) -> dict[str, float]:
         """Size and shape of the dataset, plus what preprocessing removed."""

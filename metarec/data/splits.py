@@ -38,6 +38,7 @@ class Split:
 
     protocol: str
     n_items: int
+    train_users: np.ndarray  # (T,) user indices whose histories are train_sequences, in order
     train_sequences: list[np.ndarray]
     valid: list[UserCase]
     test: list[UserCase]
@@ -88,6 +89,7 @@ def coldstart_split(
     return Split(
         protocol="coldstart",
         n_items=n_items,
+        train_users=np.sort(train_users),
         train_sequences=[sequences[u] for u in np.sort(train_users)],
         valid=_support_query_cases(sequences, np.sort(valid_users), support_size, query_size),
         test=test,
@@ -117,6 +119,7 @@ def loo_split(
     return Split(
         protocol="loo",
         n_items=n_items,
+        train_users=np.arange(len(sequences)),
         train_sequences=[history[:-2] for history in sequences],
         valid=[UserCase(u, h[:-2], h[-2:-1]) for u, h in enumerate(sequences)],
         test=[UserCase(u, h[:-1], h[-1:]) for u, h in enumerate(sequences)],
