@@ -6,51 +6,49 @@
 Top to bottom:
 
 1. The base run (a coldstart meta-lora run, trained first from ``base_config`` when it has
-   no checkpoint) adapts to every meta-train and test user's support and scores the catalogue.
+   no checkpoint) adapts to every meta-train and test user's support and scores the
+   catalogue; the users are those of the run's own split (`metarec/rl/users.py`).
 2. The response model is fitted on meta-train users; simulated meta-train users train the
    policy, simulated test users evaluate it (`metarec/rl/env.py`).
 3. A behaviour policy is estimated on the meta-train users' logs (which item came next).
 4. Off-policy REINFORCE with the top-K correction on those logs (`metarec/rl/reinforce.py`).
 5. On-policy REINFORCE in the simulator on meta-train users, with a learned value baseline.
 6. Evaluation on test users: the discounted return of greedy, softmax and the learned
-   policy with 95% CIs over users, and IPS / SNIPS / DR estimates on the test users' logs.
+   policy with 95% CIs over users (`metarec/rl/simulated_eval.py`), and IPS / SNIPS / DR
+   estimates on the test users' logs (`metarec/rl/offline_eval.py`).
 
-Everything `evaluate` needs is saved in the output dir: the config, the response model,
-the adapted scores, the behaviour and learned policies (safetensors).
+Everything `metarec rl evaluate` (`metarec/jobs/rl_evaluate.py`) needs is saved in the
+output dir (`metarec/rl/run_files.py`): the config, the response model, the adapted scores,
+the behaviour and learned policies (safetensors).
 """
 
 from __future__ import annotations
 
-import json
+import argparse
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file as load_numpy
-from safetensors.numpy import save_file as save_numpy
-from safetensors.torch import load_file, save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from metarec.atomic import atomic_dir, recover
+from metarec.atomic import atomic_dir
 from metarec.config import from_mapping
 from metarec.data.dataset import Dataset
-from metarec.data.prepare import DataConfig, load_dataset
-from metarec.data.splits import coldstart_users
+from metarec.data.prepare import DataConfig
 from metarec.errors import ConfigError, MetarecError
-from metarec.eval.evaluate import check_same_split
-from metarec.eval.metrics import bootstrap_ci
-from metarec.provenance import provenance
-from metarec.rl import ope
-from metarec.rl.env import SimulatedUsers, SimulatorConfig, SlateSimulator, simulated_users
-from metarec.rl.logs import (
-    LoggedSessions,
-    logged_context,
-    logged_log_probabilities,
-    logged_sessions,
-    slot_probabilities,
+from metarec.options import (
+    Environment,
+    add_train_config_options,
+    allow_remote_code,
+    check_writable,
+    config_mapping,
 )
+from metarec.rl import run_files
+from metarec.rl.env import SimulatedUsers, SimulatorConfig, SlateSimulator
+from metarec.rl.logs import logged_log_probabilities
+from metarec.rl.offline_eval import off_policy_estimates
 from metarec.rl.policy import (
     ItemSide,
     LogitFn,
@@ -59,12 +57,13 @@ from metarec.rl.policy import (
     n_item_features,
     rollout,
     score_logits,
-    standardise_scores,
     state_features,
 )
 from metarec.rl.reinforce import discounted_returns, off_policy_loss, on_policy_loss
 from metarec.rl.response import ResponseFitConfig, ResponseModel, fit_response_model
-from train.meta_train import TrainConfig
+from metarec.rl.simulated_eval import Policies, compare_returns
+from metarec.rl.users import LogView, Users, sessions_of, simulated, split_sides, users_of
+from metarec.trained_run import TrainConfig, TrainedRun
 
 
 @dataclass
@@ -131,96 +130,47 @@ class RLConfig:
             raise ConfigError(f"support_size {self.support_size}: expected at least 1")
 
 
-@dataclass
-class Users:
-    """One side of the split as the recipe needs it."""
-
-    ids: np.ndarray  # (U,) user indices of the dataset
-    sequences: list[np.ndarray]
-    ratings: list[np.ndarray]
-    adapted_scores: np.ndarray  # (U, n_items) after adapting to the support
-
-
-def split_users(dataset: Dataset, split_seed: int, support_size: int) -> dict[str, np.ndarray]:
-    """Meta-train users, and test users with at least one item after their support."""
-    sequences = dataset.sequences()
-    train, _, test = coldstart_users(dataset.n_users, split_seed)
-    test = np.array([u for u in np.sort(test) if len(sequences[u]) > support_size], dtype=int)
-    if len(test) == 0:
-        raise MetarecError(
-            f"support_size {support_size}: no test user has an item after its support"
-        )
-    return {"train": np.sort(train), "test": test}
-
-
-def adapted_scores_of(config: RLConfig, base_train: TrainConfig | None, trust_remote_code: bool):
-    """(dataset, {side: (U, n_items) scores}) from the base run, trained first if missing."""
-    from retrieval.catalogue import load_run
-    from train.meta_train import run
-
+def adapted_scores_of(
+    config: RLConfig, base_train: TrainConfig | None, trust_remote_code: bool
+) -> tuple[Dataset, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(dataset, {side: (U,) users}, {side: (U, n_items) scores}) from the base run, trained
+    first if missing; the sides are the run's coldstart split (`metarec.rl.users`)."""
     if not (config.base_run / "checkpoint").is_dir():
         if base_train is None:
             raise MetarecError(
                 f"{config.base_run}: no trained run there; train it (`make demo` or `metarec "
                 "train`) or set base_config so this recipe trains it"
             )
-        run(base_train)
-    method, dataset, _ = load_run(config.base_run, config.data, trust_remote_code)
-    check_same_split(method, config.base_run, "coldstart", config.split_seed, config.data)
+        from train.meta_train import train as meta_train
+
+        meta_train(base_train)
+    run = TrainedRun(config.base_run, config.data, trust_remote_code)
+    run.check_compatible("coldstart", config.split_seed)
+    method, dataset = run.recommender(), run.dataset
     sequences = dataset.sequences()
+    sides = split_sides(run.split(config.support_size))
     scores = {
         side: method.score([sequences[u][: config.support_size] for u in users])
-        for side, users in tqdm(
-            split_users(dataset, config.split_seed, config.support_size).items(),
-            desc="adapt to supports", unit="side",
-        )
-    }  # fmt: skip
-    return dataset, scores
+        for side, users in tqdm(sides.items(), desc="adapt to supports", unit="side")
+    }
+    return dataset, sides, scores
 
 
-def users_of(dataset: Dataset, ids: np.ndarray, scores: np.ndarray) -> Users:
-    sequences, ratings = dataset.sequences(), dataset.rating_sequences()
-    return Users(ids, [sequences[u] for u in ids], [ratings[u] for u in ids], scores)
+def simulated_side(users: Users, response: ResponseModel, config: RLConfig) -> SimulatedUsers:
+    """``users`` as simulated users, each with its top ``simulator.candidates`` items."""
+    return simulated(users, response, config.support_size, config.simulator.candidates)
 
 
-def simulated(users: Users, response: ResponseModel, config: RLConfig) -> SimulatedUsers:
-    supports = [s[: config.support_size] for s in users.sequences]
-    return simulated_users(
-        response, supports, users.sequences, users.adapted_scores, config.simulator.candidates
-    )
-
-
-def sessions_of(users: Users, config: RLConfig) -> LoggedSessions:
-    sim = config.simulator
-    return logged_sessions(
-        users.sequences, users.ratings, config.support_size, sim.horizon, config.reinforce.gamma,
-        sim.click_weight, sim.like_weight, config.response.like_threshold,
+def log_view(users: Users, simulated_users: SimulatedUsers, config: RLConfig) -> LogView:
+    """``users``' logged sessions as the policies see them."""
+    sessions = sessions_of(
+        users, config.support_size, config.simulator, config.reinforce.gamma,
+        config.response.like_threshold,
     )  # fmt: skip
-
-
-@dataclass
-class LogView:
-    """Logged sessions with the catalogue-wide inputs every policy reads at them."""
-
-    sessions: LoggedSessions
-    users: Users
-    simulated: SimulatedUsers
-    config: RLConfig
-
-    def context(self, events: np.ndarray, over_candidates: bool):
-        """The view at ``events``: over each user's N candidates, or over the catalogue."""
-        scores = self.users.adapted_scores
-        candidate_scores = self.simulated.scores
-        if over_candidates:
-            choices, values = self.simulated.candidates, candidate_scores
-        else:
-            choices = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
-            values = scores
-        return logged_context(
-            self.sessions, events, self.users.sequences,
-            standardise_scores(values, candidate_scores), choices,
-            self.config.simulator.shown_window, self.config.simulator.slate_size,
-        )  # fmt: skip
+    return LogView(
+        sessions, users, simulated_users, config.simulator.shown_window,
+        config.simulator.slate_size,
+    )  # fmt: skip
 
 
 def batches(n: int, size: int, rng: np.random.Generator):
@@ -329,7 +279,7 @@ def train_online(
         writer.add_scalar("online/scorer_weight_norm", norm.item(), iteration)
 
 
-def policies(policy: SlatePolicy, config: RLConfig) -> dict[str, tuple[LogitFn, bool]]:
+def compared_policies(policy: SlatePolicy, config: RLConfig) -> Policies:
     """Each evaluated policy's logits and whether it samples its picks."""
     return {
         "greedy": (score_logits(), False),
@@ -338,127 +288,30 @@ def policies(policy: SlatePolicy, config: RLConfig) -> dict[str, tuple[LogitFn, 
     }
 
 
-def simulated_returns(
-    simulator: SlateSimulator, logit_fn: LogitFn, sample: bool, item_side: ItemSide,
-    config: RLConfig,
-) -> dict[str, np.ndarray]:  # fmt: skip
-    """Per test user (U,): mean discounted return and session length over
-    ``episodes_per_user`` sessions; every policy starts from the same seed."""
-    episodes = config.evaluation.episodes_per_user
-    n_users = len(simulator.users)
-    rows = np.repeat(np.arange(n_users), episodes)
-    with torch.no_grad():
-        run = rollout(simulator, rows, logit_fn, item_side,
-                      np.random.default_rng(config.seed + 3), sample)  # fmt: skip
-    returns = discounted_returns(run.rewards, run.alive, config.reinforce.gamma)[:, 0]
-    per_user = {"return": returns, "length": run.alive.sum(1)}
-    return {k: v.reshape(n_users, episodes).mean(1).numpy() for k, v in per_user.items()}
-
-
-def off_policy_estimates(
-    logs: LogView,
-    behaviour: torch.nn.Module,
-    policy: SlatePolicy,
-    response: ResponseModel,
-    item_side: ItemSide,
-    config: RLConfig,
-) -> dict:
-    """IPS / SNIPS / DR value estimates of each policy on the logged test sessions: the
-    reward of one slot of its slate, were the item shown consumed as logged items are
-    (logged events carry one item each). Intervals resample users, not events."""
-    sim, evaluation = config.simulator, config.evaluation
-    events = np.arange(len(logs.sessions))
-    chunks = np.array_split(events, max(1, len(events) // config.reinforce.log_batch))
-    with torch.no_grad():  # in chunks: catalogue-wide features take (B, n_items, G) floats
-        behaviour_probability = np.concatenate([
-            logged_log_probabilities(
-                logit_function(behaviour), logs.context(chunk, over_candidates=False),
-                item_side, logs.sessions.items[chunk],
-            ).double().exp().numpy()
-            for chunk in chunks
-        ])  # fmt: skip
-    context = logs.context(events, over_candidates=True)
-    candidate_items = context.items.numpy()
-    hits = candidate_items == logs.sessions.items[:, None]
-    like_reward = sim.click_weight + sim.like_weight * response.like_rates
-    results = {}
-    for name, (logit_fn, sample) in policies(policy, config).items():
-        slots = slot_probabilities(logit_fn, context, item_side, sim.slate_size, sample).numpy()
-        data = ope.LoggedData(
-            rewards=logs.sessions.rewards,
-            behaviour=behaviour_probability,
-            target=(slots * hits).sum(1),
-            predicted=like_reward[logs.sessions.items],
-            expected_predicted=(slots * like_reward[candidate_items]).sum(1),
-        )
-        results[name] = {"events_with_weight": int((data.target > 0).sum())}
-        for estimator in ope.ESTIMATORS:
-            value, interval = ope.estimate(
-                data, estimator, evaluation.ope_clip, evaluation.bootstrap, config.seed,
-                groups=logs.sessions.rows,
-            )  # fmt: skip
-            results[name][estimator] = {"value": value, "ci": list(interval)}
-    return {"events": len(events), "policies": results}
-
-
 def evaluate(
     config: RLConfig,
-    dataset: Dataset,
-    scores: dict[str, np.ndarray],
+    test: Users,
     response: ResponseModel,
     behaviour: torch.nn.Module,
     policy: SlatePolicy,
 ) -> dict:
-    """Simulated returns on test users with CIs, and OPE on their logs."""
+    """Simulated returns on the test users with CIs, and OPE on their logs."""
     item_side = ItemSide.from_counts(response.genres, response.popularity)
-    test = users_of(dataset, split_users(dataset, config.split_seed, config.support_size)["test"],
-                    scores["test"])  # fmt: skip
-    test_simulated = simulated(test, response, config)
+    test_simulated = simulated_side(test, response, config)
     simulator = SlateSimulator(test_simulated, response, config.simulator)
-    results: dict = {
-        "users": len(test.ids), "episodes_per_user": config.evaluation.episodes_per_user
-    }  # fmt: skip
-    returns, intervals, lengths = {}, {}, {}
-    per_user_returns = {}
-    for name, (logit_fn, sample) in policies(policy, config).items():
-        per_user = simulated_returns(simulator, logit_fn, sample, item_side, config)
-        per_user_returns[name] = per_user["return"]
-        returns[name] = float(per_user["return"].mean())
-        intervals[name] = list(bootstrap_ci(per_user["return"], config.evaluation.bootstrap,
-                                            seed=config.seed))  # fmt: skip
-        lengths[name] = float(per_user["length"].mean())
-    for name in returns:
-        results[f"return_{name}"] = returns[name]
-    results["return_ci"] = intervals
-    results["session_length"] = lengths
-    results["learned_vs_greedy"] = (
-        returns["learned"] / returns["greedy"] if returns["greedy"] != 0 else float("nan")
-    )
-    results["learned_minus_greedy_ci"] = list(bootstrap_ci(
-        per_user_returns["learned"] - per_user_returns["greedy"],
-        config.evaluation.bootstrap, seed=config.seed,
-    ))  # fmt: skip
-    logs = LogView(sessions_of(test, config), test, test_simulated, config)
-    results["ope"] = off_policy_estimates(logs, behaviour, policy, response, item_side, config)
+    policies = compared_policies(policy, config)
+    settings, sim = config.evaluation, config.simulator
+    results: dict = {"users": len(test.ids), "episodes_per_user": settings.episodes_per_user}
+    results |= compare_returns(
+        simulator, policies, item_side, settings.episodes_per_user, config.reinforce.gamma,
+        config.seed + 3, settings.bootstrap, config.seed,
+    )  # fmt: skip
+    results["ope"] = off_policy_estimates(
+        log_view(test, test_simulated, config), logit_function(behaviour), policies, response,
+        item_side, sim.click_weight, sim.like_weight, config.reinforce.log_batch,
+        settings.ope_clip, settings.bootstrap, config.seed,
+    )  # fmt: skip
     return results
-
-
-def save_scores(path: Path, users: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> None:
-    tensors = {f"{side}_users": users[side].astype(np.int64) for side in users}
-    tensors |= {f"{side}_scores": scores[side].astype(np.float32) for side in scores}
-    save_numpy(tensors, str(path))
-
-
-def save_module(module: torch.nn.Module, path: Path) -> None:
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
-
-
-def load_module(module: torch.nn.Module, path: Path) -> torch.nn.Module:
-    try:
-        module.load_state_dict(load_file(str(path)))
-    except (OSError, RuntimeError, KeyError) as err:
-        raise MetarecError(f"{path}: cannot load into the configured network ({err})") from None
-    return module.eval()
 
 
 def train(
@@ -470,28 +323,24 @@ def train(
     complete: a failure leaves the earlier run whole, never its files mixed with new ones.
     """
     # 1. adapted scores for every meta-train and test user
-    dataset, scores = adapted_scores_of(config, base_train, trust_remote_code)
-    sides = split_users(dataset, config.split_seed, config.support_size)
+    dataset, sides, scores = adapted_scores_of(config, base_train, trust_remote_code)
     with atomic_dir(config.output_dir) as out:
-        with open(out / "config.json", "w") as handle:
-            json.dump(asdict(config), handle, indent=2, default=str)
-        with open(out / "run.json", "w") as handle:
-            json.dump({"seed": config.seed, **provenance()}, handle, indent=2)
-        save_scores(out / "adapted_scores.safetensors", sides, scores)
+        run_files.write_description(out, asdict(config), config.seed)
+        run_files.save_scores(out / run_files.SCORES, sides, scores)
 
         # 2. response model and simulated meta-train users
         train_users = users_of(dataset, sides["train"], scores["train"])
         response = fit_response_model(
             train_users.sequences, train_users.ratings, dataset.item_text, config.response
         )
-        response.save(out / "simulator")
+        response.save(out / run_files.SIMULATOR)
         item_side = ItemSide.from_counts(response.genres, response.popularity)
-        train_simulated = simulated(train_users, response, config)
+        train_simulated = simulated_side(train_users, response, config)
         writer = SummaryWriter(str(out / "tensorboard"))
 
         # 3-4. behaviour policy and off-policy REINFORCE on the meta-train logs
         torch.manual_seed(config.seed)  # here: a base run trained above drew from torch's RNG
-        logs = LogView(sessions_of(train_users, config), train_users, train_simulated, config)
+        logs = log_view(train_users, train_simulated, config)
         behaviour = fit_behaviour(logs, item_side, config, writer)
         policy = SlatePolicy(config.simulator.shown_window, config.reinforce.hidden)
         train_offline(policy, behaviour, logs, item_side, config, writer)
@@ -500,58 +349,58 @@ def train(
         simulator = SlateSimulator(train_simulated, response, config.simulator)
         train_online(policy, simulator, item_side, config, writer)
         writer.close()
-        save_module(behaviour, out / "behaviour.safetensors")
-        save_module(policy, out / "policy.safetensors")
+        run_files.save_module(behaviour, out / run_files.BEHAVIOUR)
+        run_files.save_module(policy, out / run_files.POLICY)
 
         # 6. evaluation on test users
-        results = evaluate(config, dataset, scores, response, behaviour, policy.eval())
-        with open(out / "results.json", "w") as handle:
-            handle.write(json.dumps(results, indent=2) + "\n")
+        test_users = users_of(dataset, sides["test"], scores["test"])
+        results = evaluate(config, test_users, response, behaviour, policy.eval())
+        run_files.write_results(out, results)
     return results
 
 
-def load_config(
-    run_dir: Path, data_dir: Path | None = None, cache_dir: Path | None = None
-) -> RLConfig:
-    """A trained RL run's config; ``data_dir`` / ``cache_dir`` say where its data is now."""
-    recover(run_dir)
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise MetarecError(f"{path}: missing; expected a `metarec rl train` output dir")
-    raw = json.loads(path.read_text())
-    for key, value in (("data_dir", data_dir), ("cache_dir", cache_dir)):
-        if value is not None:
-            raw["data"][key] = str(value)
-    return from_mapping(RLConfig, raw, where=str(path))
+def print_results(results: dict) -> None:
+    """The evaluation as `metarec rl train` and `metarec rl evaluate` print it."""
+    print(f"{results['users']} test users x {results['episodes_per_user']} simulated sessions")
+    print("| policy | discounted return (95% CI) | session length | SNIPS on test logs (95% CI) |")
+    print("|---|---|---|---|")
+    for name in ("greedy", "softmax", "learned"):
+        low, high = results["return_ci"][name]
+        snips = results["ope"]["policies"][name]["snips"]
+        print(f"| {name} | {results[f'return_{name}']:.3f} [{low:.3f}, {high:.3f}] | "
+              f"{results['session_length'][name]:.2f} | {snips['value']:.3f} "
+              f"[{snips['ci'][0]:.3f}, {snips['ci'][1]:.3f}] |")  # fmt: skip
+    print(f"learned / greedy: {results['learned_vs_greedy']:.3f}")
 
 
-def evaluate_run(
-    run_dir: Path, data_dir: Path | None = None, cache_dir: Path | None = None
-) -> dict:
-    """Evaluate a trained RL run from its saved files (no base model needed)."""
-    config = load_config(run_dir, data_dir, cache_dir)
-    for name in ("adapted_scores.safetensors", "behaviour.safetensors", "policy.safetensors"):
-        if not (run_dir / name).is_file():
-            raise MetarecError(f"{run_dir / name}: missing; the RL run did not finish training")
-    dataset = load_dataset(config.data)
-    saved = load_numpy(str(run_dir / "adapted_scores.safetensors"))
-    sides = split_users(dataset, config.split_seed, config.support_size)
-    for side, users in sides.items():
-        if not np.array_equal(saved[f"{side}_users"], users):
-            raise MetarecError(
-                f"{run_dir / 'adapted_scores.safetensors'}: its {side} users are not this "
-                "dataset's split; was the run trained on other data?"
-            )
-    response = ResponseModel.load(run_dir / "simulator")
-    policy = SlatePolicy(config.simulator.shown_window, config.reinforce.hidden)
-    load_module(policy, run_dir / "policy.safetensors")
-    behaviour = mlp(n_item_features(config.simulator.shown_window), config.reinforce.hidden)
-    load_module(behaviour, run_dir / "behaviour.safetensors")
-    scores = {side: saved[f"{side}_scores"] for side in sides}
-    for width, what in ((scores["test"].shape[1], "adapted_scores.safetensors"),
-                        (len(response.like_rates), "simulator/")):  # fmt: skip
-        if width != dataset.n_items:
-            raise MetarecError(
-                f"{run_dir / what}: made for {width} items, the data has {dataset.n_items}"
-            )
-    return evaluate(config, dataset, scores, response, behaviour, policy)
+@dataclass
+class RLTrainCommandConfig:
+    """``metarec rl train``: the RL config, the base run's training config (when the recipe
+    may train it) and whether the backbone may run its own code."""
+
+    rl: RLConfig
+    base_train: TrainConfig | None = None
+    trust_remote_code: bool = False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_config_options(parser)
+    parser.add_argument("--output-dir", type=Path, help="the RL run dir")
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> RLTrainCommandConfig:
+    raw = config_mapping(args.config, args.set, args.split_seed, args.output_dir, env)
+    config = from_mapping(RLConfig, raw, where=f"{args.config}: config")
+    base_train = None
+    if config.base_config is not None:
+        base = config_mapping(config.base_config, [], config.split_seed, config.base_run, env)
+        base["data"] = {**base["data"], **raw["data"]}
+        base_train = from_mapping(TrainConfig, base, where=f"{config.base_config}: config")
+        allow_remote_code(base_train, args.trust_remote_code, str(config.base_config))
+    return RLTrainCommandConfig(config, base_train, args.trust_remote_code)
+
+
+def run(config: RLTrainCommandConfig) -> None:
+    check_writable(config.rl.output_dir / run_files.CONFIG)
+    print_results(train(config.rl, config.base_train, config.trust_remote_code))
+    print(f"wrote {config.rl.output_dir / run_files.RESULTS}")
