@@ -25,7 +25,8 @@ import torch
 
 from metarec.data.prepare import DataConfig
 from metarec.meta.peft_loop import PeftUserLoop
-from retrieval.catalogue import IndexBuildConfig, build_catalogue_index, load_run
+from metarec.trained_run import TrainedRun
+from retrieval.build import IndexBuildConfig, build_catalogue_index
 from retrieval.index import IndexConfig, load_index
 from retrieval.rerank import rerank_batch
 
@@ -46,7 +47,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data = DataConfig(data_dir=args.data_dir, cache_dir=args.cache_dir)
-    method, dataset, _ = load_run(args.checkpoint, data)
+    run = TrainedRun(args.checkpoint, data)
+    method, dataset = run.recommender(), run.dataset
     with tempfile.TemporaryDirectory() as scratch:
         index_dir = Path(scratch) / "index"
         build_catalogue_index(

@@ -24,10 +24,10 @@ import torch
 
 from metarec.data.episodes import collate
 from metarec.data.prepare import DataConfig
-from metarec.data.splits import coldstart_split
 from metarec.eval.metrics import metrics_at_k
 from metarec.meta.personalise import adapted_states
-from retrieval.catalogue import IndexBuildConfig, build_catalogue_index, load_run
+from metarec.trained_run import TrainedRun
+from retrieval.build import IndexBuildConfig, build_catalogue_index
 from retrieval.index import IndexConfig, load_index
 from retrieval.rerank import rerank_batch
 
@@ -82,12 +82,9 @@ def main() -> None:
     args = parser.parse_args()
 
     data = DataConfig(data_dir=args.data_dir, cache_dir=args.cache_dir)
-    method, dataset, _ = load_run(args.checkpoint, data)
-    trained_on = method.trained_on
-    split = coldstart_split(
-        dataset.sequences(), dataset.n_items, args.support_size,
-        trained_on.get("query_size", 10), trained_on.get("split_seed", 0),
-    )  # fmt: skip
+    run = TrainedRun(args.checkpoint, data)
+    run.check_compatible("coldstart")
+    method, dataset, split = run.recommender(), run.dataset, run.split(args.support_size)
     histories = [case.history for case in split.test]
     relevant = [case.relevant for case in split.test]
     batches = range(0, len(histories), args.batch_size)

@@ -5,7 +5,7 @@
 #   launch/deepspeed.sh [--dry-run] [--zero zero2|zero3|zero3_offload] [--gpus N] \
 #       [--hostfile FILE] -- --config configs/ml100k_smollm2.yaml --output-dir runs/x
 #
-# Everything after `--` goes to train/meta_train.py; --zero picks ds_configs/<name>.json.
+# Everything after `--` goes to `python -m metarec train`; --zero picks ds_configs/<name>.json.
 set -euo pipefail
 zero=zero2 gpus=1 hostfile="" dry_run=0
 while [[ $# -gt 0 ]]; do
@@ -23,6 +23,6 @@ ds_config="$repo/ds_configs/$zero.json"
 [[ -f $ds_config ]] || { echo "deepspeed.sh: no $ds_config" >&2; exit 2; }
 command=(deepspeed)
 if [[ -n $hostfile ]]; then command+=(--hostfile "$hostfile"); else command+=(--num_gpus "$gpus"); fi
-command+=("$repo/train/meta_train.py" "$@" --set "distributed.deepspeed_config=$ds_config")
+command+=(--module metarec train "$@" --set "distributed.deepspeed_config=$ds_config")
 if [[ $dry_run == 1 ]]; then printf '%q ' "${command[@]}"; echo; exit 0; fi
 exec "${command[@]}"

@@ -4,7 +4,7 @@
 #   launch/torchrun.sh [--dry-run] [--nproc N] [--nnodes M --node-rank R --master HOST:PORT] \
 #       -- --config configs/ml100k_smollm2.yaml --set distributed.deepspeed_config=ds_configs/zero2.json
 #
-# Everything after `--` goes to train/meta_train.py (the `metarec train` options).
+# Everything after `--` goes to `python -m metarec train` (the `metarec train` options).
 set -euo pipefail
 nproc=1 nnodes=1 node_rank=0 master="127.0.0.1:29500" dry_run=0
 while [[ $# -gt 0 ]]; do
@@ -21,6 +21,6 @@ done
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 command=(torchrun --nproc_per_node "$nproc" --nnodes "$nnodes" --node_rank "$node_rank"
          --rdzv_backend c10d --rdzv_endpoint "$master"
-         "$repo/train/meta_train.py" "$@")
+         -m metarec train "$@")
 if [[ $dry_run == 1 ]]; then printf '%q ' "${command[@]}"; echo; exit 0; fi
 exec "${command[@]}"

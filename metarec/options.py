@@ -23,7 +23,7 @@ from metarec.data.prepare import DataConfig
 from metarec.errors import MetarecError
 from metarec.trained_run import TrainConfig
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass

@@ -1,14 +1,19 @@
-"""The index build job: a trained run's item side encodes the catalogue, FAISS indexes it.
+"""``metarec index build``: a trained run's item side encodes the catalogue, FAISS indexes it.
+
+    metarec index build --checkpoint runs/tiny --output runs/tiny/index --kind ivf
 
 Vectors are encoded ``chunk_rows`` items at a time into a memory-mapped ``.npy`` beside
 the output, so a catalogue larger than RAM never has to be held whole; the index is then
 built from that file (`retrieval.index.build_index`) and the file removed. The index is
-tagged with the checkpoint's fingerprint, and jobs that query it with another
-checkpoint's users are refused.
+tagged with the run's fingerprint (`metarec.trained_run.TrainedRun.fingerprint`: its
+weight files, adapter included, and the items table), and jobs that query it with
+another run, or a run changed since, are refused.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,26 +21,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metarec.checkpoint import checkpoint_fingerprint
-from metarec.data.dataset import Dataset
-from metarec.data.prepare import DataConfig, load_dataset
+from metarec.data.prepare import DataConfig
 from metarec.errors import ConfigError, MetarecError
-from metarec.meta.recommender import LLMRecommender
 from metarec.models.user_model import UserModel
-from retrieval.index import IndexConfig, build_index, save_index
-
-
-def load_run(
-    run: Path, data: DataConfig, trust_remote_code: bool = False
-) -> tuple[LLMRecommender, Dataset, str]:
-    """A ``metarec train`` run's model for ``data``'s catalogue, and its fingerprint."""
-    dataset = load_dataset(data)
-    folder = run / "checkpoint"
-    method = LLMRecommender.from_checkpoint(
-        folder, dataset.item_text, data.cache_dir.expanduser(), trust_remote_code=trust_remote_code
-    )
-    method.fit([], dataset.n_items, [])  # refuses a checkpoint trained on another catalogue
-    return method, dataset, checkpoint_fingerprint(folder)
+from metarec.options import (
+    Environment,
+    add_data_options,
+    add_remote_code_option,
+    check_writable,
+    data_config,
+)
+from metarec.trained_run import TrainedRun
+from retrieval.index import KINDS, IndexConfig, build_index, save_index
 
 
 def encode_catalogue(model: UserModel, path: Path, chunk_rows: int = 65536) -> np.ndarray:
@@ -97,14 +94,63 @@ def build_catalogue_index(config: IndexBuildConfig) -> dict:
         index = build_index(vectors, config.index, config.chunk_rows)
         encoder = config.encoder
     else:
-        method, dataset, encoder = load_run(config.run, config.data, config.trust_remote_code)
+        run = TrainedRun(config.run, config.data, config.trust_remote_code)
+        encoder = run.fingerprint
         config.output.parent.mkdir(parents=True, exist_ok=True)
         scratch = config.output.with_name(f".{config.output.name}.vectors.npy")
         try:
-            vectors = encode_catalogue(method.model, scratch, config.chunk_rows)
+            vectors = encode_catalogue(run.model, scratch, config.chunk_rows)
             index = build_index(vectors, config.index, config.chunk_rows)
         finally:
             scratch.unlink(missing_ok=True)
-        item_ids = np.arange(dataset.n_items, dtype=np.int64)
+        item_ids = np.arange(run.dataset.n_items, dtype=np.int64)
     save_index(config.output, index, item_ids, config.index, encoder)
     return {"output": str(config.output), "items": int(index.ntotal), "encoder": encoder}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    parser.add_argument("--checkpoint", type=Path, help="metarec train run dir")
+    parser.add_argument("--vectors", type=Path, help="(N, d) float32 .npy instead of a run")
+    parser.add_argument("--item-ids", type=Path, help="(N,) int64 .npy for --vectors")
+    parser.add_argument("--encoder", default="external", help="name of --vectors' encoder")
+    parser.add_argument("--output", type=Path, required=True, help="index folder to write")
+    parser.add_argument("--chunk-rows", type=int, default=65536, help="rows encoded/added at once")
+    knobs = parser.add_argument_group("index (retrieval/index.py)")
+    knobs.add_argument("--kind", choices=KINDS, default="flat")
+    knobs.add_argument("--nlist", type=int, default=1024, help="ivf*: coarse clusters")
+    knobs.add_argument("--nprobe", type=int, default=32, help="ivf*: clusters searched")
+    knobs.add_argument("--pq-m", type=int, default=16, help="ivfpq: sub-quantisers")
+    knobs.add_argument("--pq-bits", type=int, default=8, help="ivfpq: bits per code")
+    knobs.add_argument("--hnsw-m", type=int, default=32, help="hnsw: neighbours per node")
+    knobs.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
+    knobs.add_argument("--train-size", type=int, default=100_000, help="ivf*: training sample")
+    add_remote_code_option(parser)
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> IndexBuildConfig:
+    return IndexBuildConfig(
+        output=args.output,
+        index=IndexConfig(
+            kind=args.kind,
+            nlist=args.nlist,
+            nprobe=args.nprobe,
+            pq_m=args.pq_m,
+            pq_bits=args.pq_bits,
+            hnsw_m=args.hnsw_m,
+            ef_search=args.ef_search,
+            train_size=args.train_size,
+        ),
+        run=args.checkpoint,
+        data=data_config(args, env),
+        vectors=args.vectors,
+        item_ids=args.item_ids,
+        encoder=args.encoder,
+        chunk_rows=args.chunk_rows,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def run(config: IndexBuildConfig) -> None:
+    check_writable(config.output)
+    print(json.dumps(build_catalogue_index(config), indent=2))

@@ -14,11 +14,14 @@ own scores are approximate.
 
 Under ``torchrun`` the fixed shards of `retrieval.shards` are dealt round-robin to the
 ranks; a rerun skips finished shards, and rank 0 ends the job with the exactly-once check.
-`metarec rerank` is the command (plain, or under ``torchrun --nproc_per_node N``).
+`metarec rerank` is the command (plain, or under ``torchrun --nproc_per_node N``):
+
+    metarec rerank --checkpoint runs/tiny --index runs/tiny/index --output-dir runs/tiny/rerank
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -37,13 +40,19 @@ from metarec.data.custom import read_table
 from metarec.data.dataset import Dataset
 from metarec.data.episodes import collate
 from metarec.data.prepare import DataConfig
-from metarec.data.splits import coldstart_split
 from metarec.data.tables import Column
+from metarec.distributed.engine import DistributedConfig, init_process_group
 from metarec.errors import ConfigError, MetarecError
 from metarec.hashing import sha256_of
 from metarec.meta.personalise import adapted_states
 from metarec.meta.recommender import LLMRecommender
-from retrieval.catalogue import load_run
+from metarec.options import (
+    Environment,
+    add_run_options,
+    check_writable,
+    data_config,
+)
+from metarec.trained_run import TrainedRun
 from retrieval.index import LoadedIndex, load_index
 from retrieval.shards import ShardStore
 
@@ -72,6 +81,8 @@ class RerankConfig:
     shard_users: int = 256  # users per output shard
     inner_steps: int | None = None  # default: the run's meta.inner_steps
     trust_remote_code: bool = False  # let the run's backbone run code from its model folder
+    kill_after_shards: int | None = None  # tests: SIGKILL after writing this many shards
+    launched_world_size: int = 1  # processes the launcher started (torchrun)
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= self.candidates:
@@ -109,19 +120,12 @@ def file_inputs(path: Path, dataset: Dataset) -> list[UserInput]:
     return inputs
 
 
-def split_inputs(config: RerankConfig, trained_on: dict, dataset: Dataset) -> list[UserInput]:
+def split_inputs(config: RerankConfig, run: TrainedRun) -> list[UserInput]:
     """The run's own coldstart test (or validation) users, each with its support."""
-    if trained_on.get("protocol", "coldstart") != "coldstart":
-        raise ConfigError(f"{config.run}: not a coldstart run; pass --histories instead")
-    split = coldstart_split(
-        dataset.sequences(),
-        dataset.n_items,
-        config.support_size,
-        trained_on.get("query_size", 10),
-        trained_on.get("split_seed", 0),
-    )
+    run.check_compatible("coldstart")
+    split = run.split(config.support_size)
     cases = split.test if config.split_users == "test" else split.valid
-    return [UserInput(int(dataset.user_ids[case.user]), case.history) for case in cases]
+    return [UserInput(int(run.dataset.user_ids[case.user]), case.history) for case in cases]
 
 
 def rerank_batch(
@@ -209,22 +213,18 @@ def _claim_output_dir(config: RerankConfig, job: dict, rank: int) -> None:
         dist.barrier()
 
 
-def run_rerank(config: RerankConfig, kill_after_shards: int | None = None) -> dict:
-    """Run (or finish) the job; returns the manifest (on rank 0; others return {}).
-
-    ``kill_after_shards`` SIGKILLs this process after it wrote that many shards (tests).
-    """
+def run_rerank(config: RerankConfig) -> dict:
+    """Run (or finish) the job; returns the manifest (on rank 0; others return {})."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = dist.get_world_size() if dist.is_initialized() else 1
-    method, dataset, fingerprint = load_run(config.run, config.data, config.trust_remote_code)
-    if config.inner_steps is not None:
-        method.inner_steps = config.inner_steps
+    run = TrainedRun(config.run, config.data, config.trust_remote_code)
+    method, dataset, fingerprint = run.recommender(config.inner_steps), run.dataset, run.fingerprint
     index = load_index(config.index, encoder=fingerprint)
     if config.histories is not None:
         inputs = file_inputs(config.histories, dataset)
         source = {"histories": str(config.histories), "sha256": sha256_of(config.histories)}
     else:
-        inputs = split_inputs(config, method.trained_on, dataset)
+        inputs = split_inputs(config, run)
         source = {"split_users": config.split_users, "support_size": config.support_size}
     settings = asdict(config)
     job = {
@@ -250,7 +250,7 @@ def run_rerank(config: RerankConfig, kill_after_shards: int | None = None) -> di
             users = [inputs[position] for position in store.users_of(shard)]
             rows, failures = _shard_rows(method, index, users, dataset, config, progress)
             store.write(shard, rows, failures)
-            if kill_after_shards == done:
+            if config.kill_after_shards == done:
                 os.kill(os.getpid(), signal.SIGKILL)
     progress.close()
     seconds = time.perf_counter() - started
@@ -271,3 +271,63 @@ def run_rerank(config: RerankConfig, kill_after_shards: int | None = None) -> di
             f"{config.output_dir / 'manifest.json'}): {named}"
         )
     return manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_run_options(parser, "metarec train run dir")
+    parser.add_argument("--index", type=Path, required=True, help="built from that run")
+    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument(
+        "--histories", type=Path, help="CSV/Parquet: user_id, item_id[, timestamp] (raw ids)"
+    )
+    parser.add_argument(
+        "--split-users",
+        choices=SPLIT_PARTS,
+        default="test",
+        help="without --histories: these users of the run's coldstart split",
+    )
+    parser.add_argument("--support-size", type=int, default=10, help="with --split-users")
+    parser.add_argument("--candidates", type=int, default=100, help="retrieved per user")
+    parser.add_argument("--top-k", type=int, default=10, help="written per user")
+    parser.add_argument("--batch-size", type=int, default=32, help="users adapted together")
+    parser.add_argument("--shard-users", type=int, default=256, help="users per output shard")
+    parser.add_argument("--inner-steps", type=int, help="default: the run's meta.inner_steps")
+    # fault injection for the exactly-once tests: SIGKILL after writing N shards
+    parser.add_argument("--kill-after-shards", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> RerankConfig:
+    return RerankConfig(
+        run=args.checkpoint,
+        index=args.index,
+        output_dir=args.output_dir,
+        data=data_config(args, env),
+        histories=args.histories,
+        split_users=args.split_users,
+        support_size=args.support_size,
+        candidates=args.candidates,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        shard_users=args.shard_users,
+        inner_steps=args.inner_steps,
+        trust_remote_code=args.trust_remote_code,
+        kill_after_shards=args.kill_after_shards,
+        launched_world_size=env.world_size,
+    )
+
+
+def run(config: RerankConfig) -> None:
+    """The job in this process (one of ``launched_world_size``); rank 0 prints the summary."""
+    check_writable(config.output_dir / "job.json")
+    init_process_group(DistributedConfig(), config.launched_world_size)
+    manifest = run_rerank(config)
+    if manifest:
+        seconds = manifest["seconds_this_run"]
+        users = manifest["users_this_run"]
+        print(
+            f"{manifest['users']} users in {len(manifest['shards'])} shards, each once; "
+            f"this run scored {users} users in {seconds:.1f} s "
+            f"({users / max(seconds, 1e-9):.1f} users/s); "
+            f"wrote {config.output_dir / 'manifest.json'}"
+        )

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from metarec.cli import main
-from metarec.eval.bandit import LinearPolicy, LoggedEvent, replay
 from metarec.eval.metrics import bootstrap_ci
+from metarec.rl.bandit import LinearPolicy, LoggedEvent, replay
 
 K = 4
 

@@ -8,9 +8,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metarec.cli import _apply_override
 from metarec.config import from_mapping, load_yaml
 from metarec.errors import ConfigError, MetarecError
+from metarec.options import apply_override
 from train.meta_train import TrainConfig
 
 FIELDS = [field.name for field in dataclasses.fields(TrainConfig)]
@@ -46,7 +46,7 @@ def test_any_mapping_is_a_config_or_a_config_error(mapping):
 def test_any_override_is_applied_or_refused_with_its_text(assignment):
     config = {"meta": {"inner_lr": 0.1}}
     try:
-        _apply_override(config, assignment)
+        apply_override(config, assignment)
     except MetarecError as err:
         assert repr(assignment)[1:-1][:10] in str(err) or "--set" in str(err)
         return

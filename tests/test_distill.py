@@ -5,19 +5,23 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
+
+pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
 
 from metarec.config import from_mapping
 from metarec.data.episodes import collate
 from metarec.meta.personalise import adapt_batch
-from retrieval.catalogue import load_run
+from metarec.trained_run import TrainedRun
 from train.distill import DistillConfig, DistillRecipe, distill, distillation_loss
 from train.meta_train import TrainConfig
 
 
 def test_distillation_loss_is_zero_for_the_teacher_itself(trained_run):
     folder, data, _ = trained_run
-    teacher, dataset, _ = load_run(folder / "run", data)
+    run = TrainedRun(folder / "run", data)
+    teacher, dataset = run.recommender(), run.dataset
     sequences = dataset.sequences()[:6]
     batch = collate([s[:5] for s in sequences], [s[5:8] for s in sequences])
     excluded = batch.support_excluded(dataset.n_items)
@@ -30,7 +34,7 @@ def test_distillation_loss_is_zero_for_the_teacher_itself(trained_run):
 
 def test_student_starts_from_the_teacher_and_trains(trained_run, tmp_path):
     folder, data, _ = trained_run
-    teacher, _, _ = load_run(folder / "run", data)
+    teacher = TrainedRun(folder / "run", data).recommender()
     raw = json.loads((folder / "run" / "checkpoint" / "config.json").read_text())
     config = replace(from_mapping(TrainConfig, raw), data=data, output_dir=tmp_path / "student",
                      pretrain_epochs=0, epochs=1)  # fmt: skip

@@ -1,9 +1,10 @@
 """Real multi-process training: torchrun, gloo, DeepSpeed ZeRO-2/3, kill -9 and resume.
 
-Each test launches `train/meta_train.py` under torchrun with a tiny random-weight Llama on
+Each test launches `python -m metarec train` under torchrun with a tiny random-weight Llama on
 synthetic users (4 meta steps of 8 users per epoch) and compares what the processes wrote.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,11 +22,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from metarec.config import from_mapping
 from metarec.data.synthetic import synthetic_raw
 from metarec.models.backbone import BackboneConfig, load_backbone
-from train.meta_train import TrainConfig, run
+from train.meta_train import TrainConfig, train
 
 pytestmark = pytest.mark.distributed
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+# the launches below all run the DeepSpeed engine; the corrupt-state test runs in-process without it
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason='needs DeepSpeed: pip install -e ".[deepspeed]"',
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +68,7 @@ def launch(config_file, output_dir, processes, *extra, check=True):
     """torchrun ``processes`` ranks of the recipe; returns the finished process."""
     command = [
         str(TORCHRUN), "--nproc_per_node", str(processes), "--master_port", str(_free_port()),
-        str(REPO / "train" / "meta_train.py"), "--config", str(config_file),
+        "-m", "metarec", "train", "--config", str(config_file),
         "--output-dir", str(output_dir), *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_BUILD_OPS": "0"}
@@ -97,6 +103,7 @@ def assert_same_adapter(left: Path, right: Path, atol: float) -> None:
         torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=atol)
 
 
+@needs_deepspeed
 @pytest.mark.parametrize("zero", ["zero2", "zero3"])
 def test_two_ranks_match_one_rank(config_file, tmp_path, zero):
     ds_config = f"distributed.deepspeed_config={REPO / 'ds_configs' / f'{zero}.json'}"
@@ -121,6 +128,7 @@ def test_two_ranks_match_one_rank(config_file, tmp_path, zero):
         assert max(t.abs().max() for n, t in saved.items() if "lora_B" in n) > 0
 
 
+@needs_deepspeed
 def test_kill_one_rank_then_resume_equals_uninterrupted(config_file, tmp_path):
     ds_config = f"distributed.deepspeed_config={REPO / 'ds_configs' / 'zero2.json'}"
     common = ["--set", ds_config, "--set", "state_every=1"]
@@ -141,13 +149,13 @@ def test_kill_one_rank_then_resume_equals_uninterrupted(config_file, tmp_path):
 def test_corrupt_state_is_refused_and_the_previous_one_used(config_file, tmp_path, capsys):
     raw = yaml.safe_load(config_file.read_text())
     config = from_mapping(TrainConfig, {**raw, "state_every": 1, "output_dir": str(tmp_path)})
-    run(config)
+    train(config)
     newest = sorted((tmp_path / "state").glob("step-*"))[-1]
     weights = newest / "trainable.safetensors"
     final_weights = {name: t.clone() for name, t in load_file(str(weights)).items()}  # not mmap
     weights.write_bytes(weights.read_bytes()[:100])  # truncated by a crash or a full disk
     config = from_mapping(TrainConfig, {**raw, "state_every": 1, "output_dir": str(tmp_path)})
-    run(config, resume=True)
+    train(config, resume=True)
     message = capsys.readouterr().err
     assert f"{newest}: refused, trainable.safetensors does not match its SHA-256" in message
     assert "resumed from" in message and "step-00000007" in message
@@ -156,6 +164,7 @@ def test_corrupt_state_is_refused_and_the_previous_one_used(config_file, tmp_pat
         torch.testing.assert_close(tensor, final_weights[name], rtol=0, atol=1e-6)
 
 
+@needs_deepspeed
 def test_contradicting_deepspeed_config_is_an_error(config_file, tmp_path):
     ds_path = tmp_path / "zero2_fixed.json"
     ds = json.loads((REPO / "ds_configs" / "zero2.json").read_text())

@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 
+pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
+
 from metarec.cli import main
 from metarec.meta.explain import explain
-from retrieval.catalogue import load_run
+from metarec.trained_run import TrainedRun
 
 N_TOPICS = 6  # synthetic items: topic = id mod 6, and a user usually goes from i to i + 6
 
@@ -16,7 +18,8 @@ def test_the_planted_item_explains_its_successor(trained_run):
     """Five items of one topic, then one planted item of another: the planted item's usual
     successor is explained above all by the planted item."""
     folder, data, _ = trained_run
-    method, dataset, _ = load_run(folder / "run", data)
+    run = TrainedRun(folder / "run", data)
+    method, dataset = run.recommender(), run.dataset
     index_of = {int(raw): position for position, raw in enumerate(dataset.item_ids)}
     cases = 0
     for base in range(N_TOPICS):
@@ -32,7 +35,8 @@ def test_the_planted_item_explains_its_successor(trained_run):
 
 def test_explain_command_lists_the_top_items_with_their_contributions(trained_run, tmp_path):
     folder, data, data_options = trained_run
-    method, dataset, _ = load_run(folder / "run", data)
+    run = TrainedRun(folder / "run", data)
+    method, dataset = run.recommender(), run.dataset
     history = dataset.sequences()[11][:6]
     raw = ",".join(str(dataset.item_ids[i]) for i in history)
     output = tmp_path / "explain.json"

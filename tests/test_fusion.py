@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from metarec.baselines.base import Recommender
 from metarec.baselines.fusion import Fusion, FusionConfig, simplex_grid, zscores
 from metarec.data.splits import UserCase
 from metarec.eval.ranking import evaluate_cases
+from metarec.eval.recommender import Recommender
 
 N_ITEMS = 60
 REPO = Path(__file__).resolve().parents[1]

@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 
+pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
+
 from metarec.cli import main
 from metarec.eval.metrics import relevant_ranks
-from metarec.eval.online import OnlineConfig, replay
-from retrieval.catalogue import load_run
+from metarec.meta.online import OnlineConfig, replay
+from metarec.trained_run import TrainedRun
 
 CONFIG = OnlineConfig(start=4, events=5, window=3, batch_size=8)
 
@@ -16,7 +18,8 @@ CONFIG = OnlineConfig(start=4, events=5, window=3, batch_size=8)
 @pytest.fixture(scope="module")
 def streams_and_method(trained_run):
     folder, data, _ = trained_run
-    method, dataset, _ = load_run(folder / "run", data)
+    run = TrainedRun(folder / "run", data)
+    method, dataset = run.recommender(), run.dataset
     return [s for s in dataset.sequences()[:12]], method
 
 

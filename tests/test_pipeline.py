@@ -10,11 +10,13 @@ import torch
 import yaml
 from matplotlib.image import imread
 
+pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
+
 from metarec.cli import main
 from metarec.data.prepare import DataConfig
 from metarec.data.synthetic import synthetic_raw
 from metarec.meta.explain import explain
-from retrieval.catalogue import load_run
+from metarec.trained_run import TrainedRun
 
 STEPS = ["data check", "item encoding", "meta-training", "FAISS index", "evaluate support 5",
          "evaluate support 10", "batch rerank", "report"]  # fmt: skip
@@ -86,7 +88,8 @@ def test_run_records_config_seeds_commit_and_versions(pipeline_run):
 
 def test_explanations_equal_scoring_each_leave_one_out_history_alone(pipeline_run):
     run_dir, data = pipeline_run
-    method, dataset, _ = load_run(run_dir, data)
+    run = TrainedRun(run_dir, data)
+    method, dataset = run.recommender(), run.dataset
     history = dataset.sequences()[3][:6]
     items = np.array([5, 17, 40])
     explanations = explain(method, history, items)

@@ -14,11 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
+
 from metarec.cli import main
 from metarec.data.prepare import load_dataset
 from metarec.data.splits import coldstart_split
 from metarec.meta.peft_loop import PeftUserLoop
-from retrieval.catalogue import load_run
+from metarec.trained_run import TrainedRun
 from retrieval.index import load_index
 from retrieval.rerank import rerank_batch
 from retrieval.shards import ShardStore
@@ -50,7 +52,8 @@ def uninterrupted(trained_run, tmp_path_factory):
 
 def test_two_stage_top_k_equals_full_catalogue_ranking(trained_run, uninterrupted):
     folder, data, _ = trained_run
-    method, dataset, _ = load_run(folder / "run", data)
+    run = TrainedRun(folder / "run", data)
+    method, dataset = run.recommender(), run.dataset
     split = coldstart_split(dataset.sequences(), dataset.n_items, SUPPORT, 10, 0)
     scores = method.score([case.history for case in split.test])
     rows = output_rows(uninterrupted)
@@ -65,7 +68,8 @@ def test_two_stage_top_k_equals_full_catalogue_ranking(trained_run, uninterrupte
 
 def test_batched_rerank_scores_equal_a_per_user_peft_loop(trained_run):
     folder, data, _ = trained_run
-    method, dataset, _ = load_run(folder / "run", data)
+    run = TrainedRun(folder / "run", data)
+    method, dataset = run.recommender(), run.dataset
     index = load_index(folder / "index")
     histories = [sequence[:SUPPORT] for sequence in dataset.sequences()[:12]]
     with method.model.frozen_item_vectors():
@@ -148,7 +152,8 @@ def test_two_ranks_write_the_single_process_output(trained_run, uninterrupted, t
 
 def test_index_search_for_a_history_lists_the_full_catalogue_top_k(trained_run, tmp_path):
     folder, data, data_options = trained_run
-    method, dataset, _ = load_run(folder / "run", data)
+    run = TrainedRun(folder / "run", data)
+    method, dataset = run.recommender(), run.dataset
     history = dataset.sequences()[7][:SUPPORT]
     raw_history = ",".join(str(dataset.item_ids[item]) for item in history)
     command = ["index", "search", "--index", str(folder / "index"), "--checkpoint",
@@ -164,7 +169,8 @@ def test_index_search_for_a_history_lists_the_full_catalogue_top_k(trained_run, 
 
 def test_items_older_than_the_model_window_are_still_excluded(trained_run):
     folder, data, _ = trained_run
-    method, dataset, _ = load_run(folder / "run", data)
+    run = TrainedRun(folder / "run", data)
+    method, dataset = run.recommender(), run.dataset
     method.model.config.max_len = 3  # the model reads 3 items; all 12 are the user's past
     index = load_index(folder / "index")
     histories = [sequence[:12] for sequence in dataset.sequences()[:8]]

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
+
 from metarec.errors import MetarecError
 from retrieval.index import IndexConfig, build_index, load_index, save_index
 

@@ -12,6 +12,7 @@ to ``<study-dir>/best.yaml``, ready for ``metarec train --config``.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -20,8 +21,11 @@ import optuna
 import yaml
 
 from metarec.atomic import atomic_file
+from metarec.config import from_mapping, load_yaml
 from metarec.errors import ConfigError
-from train.meta_train import TrainConfig, run
+from metarec.options import Environment, add_train_config_options, train_config
+from metarec.trained_run import TrainConfig
+from train.meta_train import train
 
 SAMPLERS = ("grid", "random", "tpe")
 
@@ -98,7 +102,7 @@ def tune(config: TuneConfig) -> dict:
         trial_config = suggest(
             trial, config.space, config.train, config.study_dir / f"trial-{trial.number}"
         )
-        history = run(trial_config)
+        history = train(trial_config)
         return max(row["valid_ndcg@10_after"] for row in history if row["stage"] == "meta")
 
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -119,3 +123,32 @@ def tune(config: TuneConfig) -> dict:
         "params": best.params,
         "trials": len(study.trials),
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_config_options(parser)
+    parser.add_argument("--study-dir", type=Path, required=True, help="trials, study.db, best.yaml")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    parser.add_argument("--trials", type=int, default=20, help="finished trials to reach")
+    parser.add_argument("--space", type=Path, help="YAML search space (train/tune.py SearchSpace)")
+    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> TuneConfig:
+    space = SearchSpace()
+    if args.space is not None:
+        space = from_mapping(SearchSpace, load_yaml(args.space), where=f"{args.space}: space")
+    return TuneConfig(
+        train=train_config(args, env),
+        study_dir=args.study_dir,
+        sampler=args.sampler,
+        trials=args.trials,
+        space=space,
+        seed=args.seed,
+    )
+
+
+def run(config: TuneConfig) -> None:
+    best = tune(config)
+    print(json.dumps(best, indent=2))
+    print(f"wrote {config.study_dir / 'best.yaml'}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from metarec.baselines.base import Recommender
 from metarec.baselines.ease import EASE, EASEConfig
 from metarec.baselines.itemknn import ItemKNN, ItemKNNConfig
 from metarec.baselines.pop import Pop, PopConfig
@@ -13,6 +12,7 @@ from metarec.baselines.sasrec import SASRec, SASRecConfig
 from metarec.baselines.userknn import UserKNN, UserKNNConfig
 from metarec.config import from_mapping
 from metarec.errors import ConfigError
+from metarec.eval.recommender import Recommender
 
 BASELINES: dict[str, tuple[type[Recommender], type]] = {
     "pop": (Pop, PopConfig),

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import Recommender
 from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
 from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
+from metarec.eval.recommender import Recommender
 
 
 @dataclass

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from metarec.baselines.base import Recommender
 from metarec.data.splits import UserCase
 from metarec.errors import ConfigError
 from metarec.eval.metrics import metrics_at_k
 from metarec.eval.ranking import case_ranks
+from metarec.eval.recommender import Recommender
 
 
 @dataclass

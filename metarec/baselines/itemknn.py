@@ -11,9 +11,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import Recommender, keep_top_k
 from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
+from metarec.eval.recommender import Recommender
+
+
+def keep_top_k(matrix: np.ndarray, k: int) -> np.ndarray:
+    """Zero all but the ``k`` largest entries of each row of (R, C) ``matrix``.
+
+    Exactly ``k`` survive per row; among equal values the lower column index wins.
+    """
+    if k >= matrix.shape[1]:
+        return matrix
+    top = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
+    kept = np.zeros_like(matrix)
+    np.put_along_axis(kept, top, np.take_along_axis(matrix, top, axis=1), axis=1)
+    return kept
 
 
 @dataclass

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import Recommender
 from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
+from metarec.eval.recommender import Recommender
 
 
 @dataclass

@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from metarec.baselines.base import Recommender
 from metarec.data.splits import UserCase
 from metarec.eval.ranking import evaluate_cases
+from metarec.eval.recommender import Recommender
 
 
 @dataclass

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.baselines.base import Recommender, keep_top_k
+from metarec.baselines.itemknn import keep_top_k
 from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
+from metarec.eval.recommender import Recommender
 
 
 @dataclass

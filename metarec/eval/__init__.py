@@ -1,1 +1,2 @@
-"""Evaluation: ranking metrics, and running methods over a protocol split."""
+"""Measures: ranking metrics, ranking of test cases, beyond-accuracy measures, the
+`Recommender` interface they rank, and the rendering of results (tables, plots)."""

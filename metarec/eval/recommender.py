@@ -1,4 +1,4 @@
-"""The one interface every recommender implements, and helpers they share.
+"""The one interface every recommender implements: what evaluation ranks.
 
 A recommender is fitted on the training users' histories (validation users may be used
 for model selection only) and then scores the whole catalogue for any user given that
@@ -24,16 +24,3 @@ class Recommender(ABC):
     @abstractmethod
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
         """Scores (B, n_items) float32 for B users given their (L_b,) item histories."""
-
-
-def keep_top_k(matrix: np.ndarray, k: int) -> np.ndarray:
-    """Zero all but the ``k`` largest entries of each row of (R, C) ``matrix``.
-
-    Exactly ``k`` survive per row; among equal values the lower column index wins.
-    """
-    if k >= matrix.shape[1]:
-        return matrix
-    top = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
-    kept = np.zeros_like(matrix)
-    np.put_along_axis(kept, top, np.take_along_axis(matrix, top, axis=1), axis=1)
-    return kept

@@ -1,13 +1,17 @@
-"""The evaluation job: fit each method on a protocol split and measure it on the test users.
+"""``metarec evaluate``: fit each method on a protocol split and measure it on the test users.
 
 Reads a dataset, builds the protocol's split, fits every requested method on what the
 protocol allows, ranks the test users' relevant items and summarises each metric as a
 mean with a bootstrap 95% confidence interval. Results come back as a JSON-ready dict;
 `metarec.eval.report` renders and writes them.
+
+    metarec evaluate --dataset ml-100k --protocol coldstart --support-size 10 \\
+        --methods pop,itemknn,sasrec --output results.json
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,20 +21,30 @@ import numpy as np
 from tqdm import tqdm
 
 from metarec.baselines import build_baseline
-from metarec.baselines.base import Recommender
 from metarec.baselines.fusion import Fusion, FusionConfig
-from metarec.checkpoint import read_checkpoint
-from metarec.config import from_mapping
+from metarec.config import from_mapping, load_yaml
 from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig, load_dataset
-from metarec.data.splits import ProtocolConfig, Split, make_split
+from metarec.data.splits import PROTOCOLS, ProtocolConfig, Split, make_split
 from metarec.errors import ConfigError
 from metarec.eval.beyond import beyond_accuracy, user_counts
 from metarec.eval.metrics import bootstrap_ci
 from metarec.eval.ranking import ranked_cases
+from metarec.eval.recommender import Recommender
+from metarec.eval.report import markdown_table, write_json, write_per_user
 from metarec.meta.algorithms import MetaConfig
-from metarec.meta.recommender import LLMRecommender
 from metarec.models.item_init import svd_item_embeddings
+from metarec.options import (
+    REPO_CONFIGS,
+    Environment,
+    add_data_options,
+    add_remote_code_option,
+    check_writable,
+    data_config,
+    int_list,
+    name_list,
+)
+from metarec.trained_run import TrainedRun
 
 
 @dataclass
@@ -46,6 +60,8 @@ class EvaluateConfig:
     checkpoint: Path | None = None
     baseline_checkpoint: Path | None = None
     trust_remote_code: bool = False  # let the runs' backbones run code from their model folders
+    output: Path | None = None  # results JSON
+    per_user_output: Path | None = None  # per-user metrics Parquet
 
 
 LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")
@@ -74,54 +90,33 @@ def _check_llm_methods(config: EvaluateConfig, names: list[str]) -> None:
         )
 
 
-def check_same_split(
-    method: LLMRecommender, run: Path, protocol: str, split_seed: int, data_config: DataConfig
-) -> None:
-    """Refuse to score users the model may have trained on: ``protocol``'s test users of
-    ``split_seed`` on ``data_config``'s data must be ones the run held out."""
-    trained = method.trained_on
-    data = trained.get("data", {})
-    trained_protocol = trained.get("protocol", "coldstart")
-    allowed = ("coldstart",) if trained_protocol == "coldstart" else ("loo", "sampled")
-    if protocol not in allowed:
-        raise ConfigError(
-            f"{run}: trained on the {trained_protocol} split, so it can be evaluated on "
-            f"{' or '.join(allowed)}, not {protocol} (whose test users it trained on)"
-        )
-    same = (
-        (trained_protocol == "loo" or trained.get("split_seed") == split_seed)
-        and data.get("dataset") == data_config.dataset
-        and data.get("min_rating") == data_config.min_rating
-        and data.get("k_core") == data_config.k_core
-        and data.get("interactions") == (data_config.interactions and str(data_config.interactions))
-    )
-    if not same:
-        raise ConfigError(
-            f"{run}: trained on dataset {data.get('dataset')} with split seed "
-            f"{trained.get('split_seed')}; evaluating on another split would score its "
-            "training users"
-        )
-
-
-def _llm_method(name: str, config: EvaluateConfig, dataset: Dataset) -> Recommender:
+def _llm_methods(names: list[str], config: EvaluateConfig) -> dict[str, Recommender]:
     """meta-lora: the meta-learned init adapted; llm-noadapt: the normally trained model;
-    llm-finetune: that model fine-tuned with meta-lora's inner steps and (initial) inner lr."""
-    cache_dir = config.data.cache_dir.expanduser()
-    run = config.checkpoint if name == "meta-lora" else config.baseline_checkpoint
-    method = LLMRecommender.from_checkpoint(
-        run / "checkpoint", dataset.item_text, cache_dir, trust_remote_code=config.trust_remote_code
-    )
-    check_same_split(method, run, config.protocol.name, config.protocol.split_seed, config.data)
-    if name == "llm-noadapt":
-        method.inner_steps = 0
-    if name == "llm-finetune":
-        meta_lora_config, _ = read_checkpoint(config.checkpoint / "checkpoint")
-        meta_lora = from_mapping(MetaConfig, meta_lora_config["meta"], where="meta-lora meta")
-        method.meta = MetaConfig(
-            algorithm="fomaml", inner_steps=meta_lora.inner_steps, inner_lr=meta_lora.inner_lr
-        )
-        method.inner_steps = meta_lora.inner_steps
-    return method
+    llm-finetune: that model fine-tuned with meta-lora's inner steps and (initial) inner lr.
+
+    Each run is loaded once and refused if it may have trained on the protocol's test users.
+    """
+    runs: dict[Path, TrainedRun] = {}
+
+    def run_of(folder: Path) -> TrainedRun:
+        if folder not in runs:
+            runs[folder] = TrainedRun(folder, config.data, config.trust_remote_code)
+            runs[folder].check_compatible(config.protocol.name, config.protocol.split_seed)
+        return runs[folder]
+
+    methods: dict[str, Recommender] = {}
+    for name in names:
+        if name == "meta-lora":
+            methods[name] = run_of(config.checkpoint).recommender()
+        elif name == "llm-noadapt":
+            methods[name] = run_of(config.baseline_checkpoint).recommender(inner_steps=0)
+        elif name == "llm-finetune":
+            meta_lora = TrainedRun(config.checkpoint).config.meta
+            finetune = MetaConfig(
+                algorithm="fomaml", inner_steps=meta_lora.inner_steps, inner_lr=meta_lora.inner_lr
+            )
+            methods[name] = run_of(config.baseline_checkpoint).recommender(meta=finetune)
+    return methods
 
 
 @dataclass
@@ -163,9 +158,9 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
         if name not in LLM_METHODS
     }
     dataset = load_dataset(config.data)
+    llm = _llm_methods([name for name in standalone + members if name in LLM_METHODS], config)
     built = {
-        name: classical[name] if name in classical else _llm_method(name, config, dataset)
-        for name in standalone + members
+        name: classical[name] if name in classical else llm[name] for name in standalone + members
     }
     prefitted: set[str] = set()
     methods = {name: built[name] for name in standalone}
@@ -214,3 +209,70 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
         "fusion_weights": {name: methods[name].weights for name in fused},
     }
     return Evaluation(dataset, split, per_user, summary)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    protocol = parser.add_argument_group("protocol (docs/protocols.md)")
+    protocol.add_argument("--protocol", choices=PROTOCOLS, default="coldstart")
+    protocol.add_argument("--support-size", type=int, default=10)
+    protocol.add_argument("--query-size", type=int, default=10)
+    protocol.add_argument("--split-seed", type=int, default=0)
+    protocol.add_argument("--num-negatives", type=int, default=19)
+    protocol.add_argument("--sample-seed", type=int, default=0)
+    protocol.add_argument("--k", type=int_list, help="cutoffs, e.g. 10,20 (protocol default)")
+    parser.add_argument(
+        "--methods",
+        default="pop,itemknn",
+        help="comma-separated: pop, itemknn, userknn, ease, sasrec, llm-noadapt, llm-finetune, "
+        "meta-lora",
+    )
+    parser.add_argument("--baselines-config", type=Path, default=REPO_CONFIGS / "baselines.yaml")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000)
+    parser.add_argument("--checkpoint", type=Path, help="meta-lora run dir (metarec train)")
+    parser.add_argument(
+        "--baseline-checkpoint",
+        type=Path,
+        help="run dir trained with meta.inner_steps=0 (default: <checkpoint>/pretrained if there)",
+    )
+    parser.add_argument("--output", type=Path, help="results JSON")
+    parser.add_argument("--per-user-output", type=Path, help="per-user metrics Parquet")
+    add_remote_code_option(parser)
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> EvaluateConfig:
+    return EvaluateConfig(
+        data=data_config(args, env),
+        protocol=ProtocolConfig(
+            name=args.protocol,
+            support_size=args.support_size,
+            query_size=args.query_size,
+            split_seed=args.split_seed,
+            num_negatives=args.num_negatives,
+            sample_seed=args.sample_seed,
+            ks=args.k,
+        ),
+        methods=name_list(args.methods),
+        hyperparameters=load_yaml(args.baselines_config),
+        bootstrap_resamples=args.bootstrap_resamples,
+        checkpoint=args.checkpoint,
+        baseline_checkpoint=args.baseline_checkpoint,
+        trust_remote_code=args.trust_remote_code,
+        output=args.output,
+        per_user_output=args.per_user_output,
+    )
+
+
+def run(config: EvaluateConfig) -> None:
+    """Evaluate, print the Markdown table, write the JSON and per-user Parquet asked for."""
+    for output in (config.output, config.per_user_output):
+        check_writable(output)
+    result = evaluate(config)
+    print(markdown_table(result.summary))
+    if config.output:
+        write_json(config.output, result.summary)
+        print(f"wrote {config.output}")
+    if config.per_user_output:
+        test_users = result.dataset.user_ids[[case.user for case in result.split.test]]
+        write_per_user(config.per_user_output, result.per_user, test_users)
+        print(f"wrote {config.per_user_output}")

@@ -6,7 +6,7 @@
 2. item encoding: the text encoder's vector of every item (cached for later runs);
 3. meta-training: the recipe of `train/meta_train.py` into the run dir (pretraining stage,
    then meta-learning; ``run.json`` records config, seeds, commit and package versions);
-4. a FAISS index of the trained item vectors (`retrieval/catalogue.py`), in ``index/``;
+4. a FAISS index of the trained item vectors (`retrieval/build.py`), in ``index/``;
 5. cold-start evaluation of the baselines and the three LLM methods at each support size,
    in ``results.json``;
 6. a batch rerank of the test users (`retrieval/rerank.py`), in ``rerank/``;
@@ -18,6 +18,7 @@ Each step prints its wall time; ``timings.json`` keeps them.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
@@ -31,22 +32,32 @@ import numpy as np
 import pandas as pd
 
 from metarec.atomic import atomic_file
-from metarec.data.dataset import Dataset
+from metarec.config import load_yaml
 from metarec.data.prepare import load_dataset
-from metarec.data.splits import ProtocolConfig, coldstart_split
+from metarec.data.splits import ProtocolConfig
 from metarec.errors import ConfigError
-from metarec.eval.evaluate import LLM_METHODS, EvaluateConfig, evaluate
 from metarec.eval.plots import coldstart_curve, training_curves
 from metarec.eval.report import comparison_table
-from metarec.eval.run_report import RunReport, SampleUser, write_report
+from metarec.jobs.evaluate import LLM_METHODS, EvaluateConfig, evaluate
+from metarec.jobs.report import RunReport, SampleUser, write_report
 from metarec.meta.explain import explained_items
 from metarec.models.text_encoder import cached_text_vectors
+from metarec.options import (
+    REPO_CONFIGS,
+    Environment,
+    add_train_config_options,
+    check_writable,
+    int_list,
+    name_list,
+    train_config,
+)
 from metarec.provenance import provenance
-from retrieval.catalogue import IndexBuildConfig, build_catalogue_index, load_run
+from metarec.trained_run import TrainConfig, TrainedRun
+from retrieval.build import IndexBuildConfig, build_catalogue_index
 from retrieval.index import IndexConfig
 from retrieval.rerank import RerankConfig, run_rerank
 from retrieval.shards import ShardStore
-from train.meta_train import TrainConfig, run
+from train.meta_train import train
 
 
 @dataclass
@@ -85,16 +96,12 @@ class Steps:
         print(f"<== {name}: {self.seconds[name]:.1f} s", flush=True)
 
 
-def sample_users(
-    config: PipelineConfig, run_dir: Path, dataset: Dataset, rows: pd.DataFrame
-) -> list[SampleUser]:
+def sample_users(config: PipelineConfig, rows: pd.DataFrame) -> list[SampleUser]:
     """The first test users of the rerank, their top 5 and why (`metarec.meta.explain`)."""
     remote_code = config.train.model.backbone.trust_remote_code
-    method, _, _ = load_run(run_dir, config.train.data, remote_code)
-    split = coldstart_split(
-        dataset.sequences(), dataset.n_items, config.rerank_support_size,
-        config.train.query_size, config.train.split_seed,
-    )  # fmt: skip
+    trained = TrainedRun(config.train.output_dir, config.train.data, remote_code)
+    method, dataset = trained.recommender(), trained.dataset
+    split = trained.split(config.rerank_support_size)
     index_of = dataset.item_positions()
     titles = dataset.titles()
     users = []
@@ -134,7 +141,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
                 dataset.item_text, config.train.model.text_encoder, data.cache_dir.expanduser()
             )
     with steps("meta-training"):
-        history = run(config.train)
+        history = train(config.train)
     with steps("FAISS index"):
         build_catalogue_index(
             IndexBuildConfig(
@@ -171,7 +178,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
             rerank.output_dir / "shards", manifest["users"], rerank.shard_users
         ).read()
     with steps("report"):
-        users = sample_users(config, run_dir, dataset, rows)
+        users = sample_users(config, rows)
         curves = {
             method: [
                 (support, summary["methods"][method]["ndcg@10"],
@@ -213,3 +220,27 @@ def run_pipeline(config: PipelineConfig) -> dict:
     print(f"\n{table}\n\nwrote {run_dir / 'report.md'} and {run_dir / 'report.html'}")
     print(f"total {sum(steps.seconds.values()):.0f} s")
     return {"results": results, "seconds": steps.seconds}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_train_config_options(parser)
+    parser.add_argument("--run-dir", type=Path, required=True, help="e.g. runs/demo")
+    parser.add_argument("--baselines", default="pop,itemknn,ease")
+    parser.add_argument("--supports", type=int_list, default=[5, 10, 20])
+    parser.add_argument("--baselines-config", type=Path, default=REPO_CONFIGS / "baselines.yaml")
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000)
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> PipelineConfig:
+    return PipelineConfig(
+        train=train_config(args, env, output_dir=args.run_dir),
+        baselines=name_list(args.baselines),
+        support_sizes=args.supports,
+        hyperparameters=load_yaml(args.baselines_config),
+        bootstrap_resamples=args.bootstrap_resamples,
+    )
+
+
+def run(config: PipelineConfig) -> None:
+    check_writable(config.train.output_dir / "report.md")
+    run_pipeline(config)

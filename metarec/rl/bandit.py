@@ -16,16 +16,15 @@ sampling the posterior.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.data.dataset import Dataset
-from metarec.data.splits import coldstart_split
+from metarec.data.splits import Split
 from metarec.errors import ConfigError
 from metarec.eval.beyond import user_counts
 from metarec.eval.metrics import bootstrap_ci
-from metarec.meta.recommender import LLMRecommender
 
 POLICIES = ("greedy", "epsilon-greedy", "linucb", "thompson")
 
@@ -131,19 +130,18 @@ def logged_events(
 
 
 def compare_policies(
-    method: LLMRecommender, dataset: Dataset, config: BanditConfig
+    score: Callable[[list[np.ndarray]], np.ndarray],
+    split: Split,
+    sequences: list[np.ndarray],
+    config: BanditConfig,
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Replay every policy on one log of the run's coldstart test users; results and the
-    counted rewards of each policy."""
-    sequences = dataset.sequences()
-    split = coldstart_split(
-        sequences, dataset.n_items, config.support_size, 10,
-        method.trained_on.get("split_seed", 0),
-    )  # fmt: skip
+    """Replay every policy on one log of ``split``'s test users (given their support, what
+    they took after it read from ``sequences``), scored by the adapted model's ``score``;
+    results and the counted rewards of each policy."""
     histories = [case.history for case in split.test]
-    futures = [sequences[case.user][config.support_size :] for case in split.test]
-    popularity = user_counts(split.train_sequences, dataset.n_items)
-    events = logged_events(method.score(histories), histories, futures, popularity, config)
+    futures = [sequences[case.user][len(case.history) :] for case in split.test]
+    popularity = user_counts(split.train_sequences, split.n_items)
+    events = logged_events(score(histories), histories, futures, popularity, config)
     rewards = {
         kind: replay(LinearPolicy(kind, 3, config.alpha, config.epsilon, config.seed), events)
         for kind in POLICIES

@@ -1,0 +1,7 @@
+"""``python -m metarec ...``: the entry point the launchers use (torchrun, deepspeed, SLURM)."""
+
+import sys
+
+from metarec.cli import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""``metarec index search``: ad-hoc queries against an index folder.
+
+Either query vectors from a ``.npy`` file, or a trained run adapted to one ``--history``
+(raw item ids, oldest first) whose adapted state queries the index and whose model rescores
+the candidates, as the batch rerank job does for each user.
+
+    metarec index search --index runs/tiny/index --queries queries.npy --k 10
+    metarec index search --index runs/tiny/index --checkpoint runs/tiny --history 50,172,133
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from metarec.data.prepare import DataConfig
+from metarec.errors import MetarecError
+from metarec.eval.report import write_json
+from metarec.options import (
+    Environment,
+    add_data_options,
+    add_remote_code_option,
+    check_writable,
+    data_config,
+    history_indices,
+    int_list,
+)
+from metarec.trained_run import TrainedRun
+from retrieval.index import load_index
+from retrieval.rerank import rerank_batch
+
+
+@dataclass
+class SearchConfig:
+    """An index and what queries it: vectors from a file, or a run adapted to a history."""
+
+    index: Path
+    queries: Path | None = None  # (Q, d) float32 .npy
+    run: Path | None = None  # a metarec train run dir, with history
+    history: list[int] | None = None  # raw item ids, oldest first
+    data: DataConfig = field(default_factory=DataConfig)
+    k: int = 10
+    output: Path | None = None  # answers as JSON
+    trust_remote_code: bool = False
+
+
+def vector_answers(config: SearchConfig) -> list[list[dict]]:
+    """The index's top ``k`` item ids and scores for each query vector of the file."""
+    index = load_index(config.index)
+    try:
+        queries = np.load(config.queries, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise MetarecError(f"{config.queries}: cannot read queries ({err})") from None
+    ids, scores = index.search(np.atleast_2d(queries), config.k)
+    return [
+        [{"item_id": int(i), "score": float(v)} for i, v in zip(row, values, strict=True)]
+        for row, values in zip(ids, scores, strict=True)
+    ]
+
+
+def history_answer(config: SearchConfig) -> list[dict]:
+    """The run's top ``k`` items, with text, for a user adapted to ``config.history``."""
+    if not config.history:
+        raise MetarecError("index search --checkpoint needs --history ITEM,ITEM,...")
+    run = TrainedRun(config.run, config.data, config.trust_remote_code)
+    index = load_index(config.index, encoder=run.fingerprint)
+    dataset = run.dataset
+    history = history_indices(dataset, config.history)
+    method = run.recommender()
+    with method.model.frozen_item_vectors():
+        items, scores = rerank_batch(method, index, [history], config.k, config.k)
+    return [
+        {"item_id": int(dataset.item_ids[i]), "score": float(v), "text": dataset.item_text[i]}
+        for i, v in zip(items[0], scores[0], strict=True)
+        if i >= 0
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--queries", type=Path, help="(Q, d) float32 .npy of query vectors")
+    parser.add_argument("--checkpoint", type=Path, help="run dir: adapt to --history and search")
+    parser.add_argument("--history", type=int_list, help="raw item ids, oldest first")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--output", type=Path, help="answers as JSON")
+    add_remote_code_option(parser)
+
+
+def config_from_args(args: argparse.Namespace, env: Environment) -> SearchConfig:
+    return SearchConfig(
+        index=args.index,
+        queries=args.queries,
+        run=args.checkpoint,
+        history=args.history,
+        data=data_config(args, env),
+        k=args.k,
+        output=args.output,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def run(config: SearchConfig) -> None:
+    if (config.queries is None) == (config.run is None):
+        raise MetarecError("index search: give --queries, or --checkpoint with --history")
+    answers = vector_answers(config) if config.queries is not None else [history_answer(config)]
+    for number, answer in enumerate(answers):
+        print(f"query {number}:")
+        for rank, hit in enumerate(answer, start=1):
+            text = f"  {hit['text']}" if "text" in hit else ""
+            print(f"  {rank:3d}  {hit['item_id']:>10}  {hit['score']:9.4f}{text}")
+    if config.output:
+        check_writable(config.output)
+        write_json(config.output, answers)
