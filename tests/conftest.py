@@ -1,4 +1,10 @@
-"""Shared fixtures: the real ml-100k folder (CI provides it) and a small synthetic dataset."""
+"""Shared fixtures: the real ml-100k folder (CI provides it) and a small synthetic dataset.
+
+FAISS (the `cpu` or `gpu` extra) is optional: nothing here imports it at module level, and
+`trained_run` (which builds an index) skips its tests with a reason when it is missing. Test
+modules that import `retrieval` skip themselves the same way; the DeepSpeed launches in
+test_distributed.py skip without the `deepspeed` extra.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +20,10 @@ from metarec.meta.algorithms import MetaConfig
 from metarec.models.backbone import BackboneConfig
 from metarec.models.lora import LoRAConfig
 from metarec.models.user_model import UserModelConfig
-from retrieval.catalogue import IndexBuildConfig, build_catalogue_index
-from retrieval.index import IndexConfig
-from train.meta_train import TrainConfig, run
+from train.meta_train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
+FAISS_REASON = 'needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")'
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +43,10 @@ def synthetic_dataset():
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A tiny meta-trained run on 120 synthetic users, its data options and a flat index."""
+    pytest.importorskip("faiss", reason=FAISS_REASON)
+    from retrieval.build import IndexBuildConfig, build_catalogue_index
+    from retrieval.index import IndexConfig
+
     folder = tmp_path_factory.mktemp("rerank")
     raw = synthetic_raw(n_users=120, seed=4)
     raw.write_csv(folder)
@@ -64,7 +73,7 @@ def trained_run(tmp_path_factory):
         users_per_batch=16,
         output_dir=folder / "run",
     )
-    run(config)
+    train(config)
     build_catalogue_index(
         IndexBuildConfig(folder / "index", IndexConfig("flat"), folder / "run", data)
     )
