@@ -54,7 +54,7 @@ def _fill(config: dict, key_path: str, wanted: Any, source: str, where: str) -> 
     elif current != wanted:
         raise ConfigError(
             f"{where}: {key_path} is {current!r} but the training config's {source} gives "
-            f"{wanted!r} (set it to \"auto\" or make them agree)"
+            f'{wanted!r} (set it to "auto" or make them agree)'
         )
 
 

@@ -68,9 +68,7 @@ def check(folder: Path) -> str | None:
     return None
 
 
-def latest_state(
-    root: Path, report: Callable[[str], None]
-) -> tuple[Path, dict[str, Any]] | None:
+def latest_state(root: Path, report: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
     """The newest state under ``root`` that checks, and its client data.
 
     ``report(message)`` hears about every newer state that was refused, and why.
