@@ -9,10 +9,12 @@ the entry point (`metarec.cli`, the only reader of environment variables) found 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import yaml
@@ -24,6 +26,7 @@ from metarec.errors import MetarecError
 from metarec.trained_run import TrainConfig
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+T = TypeVar("T")
 
 
 @dataclass
@@ -57,6 +60,17 @@ class Environment:
     @property
     def cache_dir_or_default(self) -> Path:
         return self.cache_dir or Path("~/.cache/metarec")
+
+
+def from_args(config_class: type[T], args: argparse.Namespace, **given: Any) -> T:
+    """A ``config_class`` whose fields come from the options of the same name (``--top-k``
+    fills ``top_k``); ``given`` sets the others and overrides."""
+    options = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_class)
+        if hasattr(args, field.name)
+    }
+    return config_class(**{**options, **given})
 
 
 def int_list(text: str) -> list[int]:

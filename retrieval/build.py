@@ -30,6 +30,7 @@ from metarec.options import (
     add_remote_code_option,
     check_writable,
     data_config,
+    from_args,
 )
 from metarec.trained_run import TrainedRun
 from retrieval.index import KINDS, IndexConfig, build_index, save_index
@@ -129,25 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> IndexBuildConfig:
-    return IndexBuildConfig(
-        output=args.output,
-        index=IndexConfig(
-            kind=args.kind,
-            nlist=args.nlist,
-            nprobe=args.nprobe,
-            pq_m=args.pq_m,
-            pq_bits=args.pq_bits,
-            hnsw_m=args.hnsw_m,
-            ef_search=args.ef_search,
-            train_size=args.train_size,
-        ),
+    return from_args(
+        IndexBuildConfig,
+        args,
+        index=from_args(IndexConfig, args),
         run=args.checkpoint,
         data=data_config(args, env),
-        vectors=args.vectors,
-        item_ids=args.item_ids,
-        encoder=args.encoder,
-        chunk_rows=args.chunk_rows,
-        trust_remote_code=args.trust_remote_code,
     )
 
 

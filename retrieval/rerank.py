@@ -51,6 +51,7 @@ from metarec.options import (
     add_run_options,
     check_writable,
     data_config,
+    from_args,
 )
 from metarec.trained_run import TrainedRun
 from retrieval.index import LoadedIndex, load_index
@@ -298,21 +299,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> RerankConfig:
-    return RerankConfig(
+    return from_args(
+        RerankConfig,
+        args,
         run=args.checkpoint,
-        index=args.index,
-        output_dir=args.output_dir,
         data=data_config(args, env),
-        histories=args.histories,
-        split_users=args.split_users,
-        support_size=args.support_size,
-        candidates=args.candidates,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        shard_users=args.shard_users,
-        inner_steps=args.inner_steps,
-        trust_remote_code=args.trust_remote_code,
-        kill_after_shards=args.kill_after_shards,
         launched_world_size=env.world_size,
     )
 

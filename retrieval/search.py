@@ -25,6 +25,7 @@ from metarec.options import (
     add_remote_code_option,
     check_writable,
     data_config,
+    from_args,
     history_indices,
     int_list,
 )
@@ -91,16 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> SearchConfig:
-    return SearchConfig(
-        index=args.index,
-        queries=args.queries,
-        run=args.checkpoint,
-        history=args.history,
-        data=data_config(args, env),
-        k=args.k,
-        output=args.output,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return from_args(SearchConfig, args, run=args.checkpoint, data=data_config(args, env))
 
 
 def run(config: SearchConfig) -> None:

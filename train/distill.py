@@ -36,6 +36,7 @@ from metarec.options import (
     Environment,
     add_train_config_options,
     check_writable,
+    from_args,
     train_config,
 )
 from metarec.trained_run import TrainConfig, TrainedRun
@@ -156,13 +157,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> DistillConfig:
-    return DistillConfig(
-        train=train_config(args, env, output_dir=args.output_dir),
-        teacher=args.teacher,
-        distill_epochs=args.distill_epochs,
-        temperature=args.temperature,
-        weight=args.weight,
-    )
+    return from_args(DistillConfig, args, train=train_config(args, env, args.output_dir))
 
 
 def run(config: DistillConfig) -> None:

@@ -23,7 +23,7 @@ import yaml
 from metarec.atomic import atomic_file
 from metarec.config import from_mapping, load_yaml
 from metarec.errors import ConfigError
-from metarec.options import Environment, add_train_config_options, train_config
+from metarec.options import Environment, add_train_config_options, from_args, train_config
 from metarec.trained_run import TrainConfig
 from train.meta_train import train
 
@@ -138,14 +138,7 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> TuneConfig:
     space = SearchSpace()
     if args.space is not None:
         space = from_mapping(SearchSpace, load_yaml(args.space), where=f"{args.space}: space")
-    return TuneConfig(
-        train=train_config(args, env),
-        study_dir=args.study_dir,
-        sampler=args.sampler,
-        trials=args.trials,
-        space=space,
-        seed=args.seed,
-    )
+    return from_args(TuneConfig, args, train=train_config(args, env), space=space)
 
 
 def run(config: TuneConfig) -> None:

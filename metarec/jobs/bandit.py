@@ -16,7 +16,7 @@ from pathlib import Path
 from metarec.data.prepare import DataConfig
 from metarec.eval.plots import reward_curves
 from metarec.eval.report import write_json
-from metarec.options import Environment, add_run_options, check_writable, data_config
+from metarec.options import Environment, add_run_options, check_writable, data_config, from_args
 from metarec.rl.bandit import BanditConfig, compare_policies
 from metarec.trained_run import TrainedRun
 
@@ -47,21 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> BanditJobConfig:
-    return BanditJobConfig(
+    return from_args(
+        BanditJobConfig,
+        args,
         run=args.checkpoint,
-        bandit=BanditConfig(
-            support_size=args.support_size,
-            rounds=args.rounds,
-            arms=args.arms,
-            pool=args.pool,
-            epsilon=args.epsilon,
-            alpha=args.alpha,
-            seed=args.seed,
-        ),
+        bandit=from_args(BanditConfig, args),
         data=data_config(args, env),
-        output=args.output,
-        plot=args.plot,
-        trust_remote_code=args.trust_remote_code,
     )
 
 

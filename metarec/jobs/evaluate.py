@@ -41,6 +41,7 @@ from metarec.options import (
     add_remote_code_option,
     check_writable,
     data_config,
+    from_args,
     int_list,
     name_list,
 )
@@ -241,25 +242,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> EvaluateConfig:
-    return EvaluateConfig(
+    return from_args(
+        EvaluateConfig,
+        args,
         data=data_config(args, env),
-        protocol=ProtocolConfig(
-            name=args.protocol,
-            support_size=args.support_size,
-            query_size=args.query_size,
-            split_seed=args.split_seed,
-            num_negatives=args.num_negatives,
-            sample_seed=args.sample_seed,
-            ks=args.k,
-        ),
+        protocol=from_args(ProtocolConfig, args, name=args.protocol, ks=args.k),
         methods=name_list(args.methods),
         hyperparameters=load_yaml(args.baselines_config),
-        bootstrap_resamples=args.bootstrap_resamples,
-        checkpoint=args.checkpoint,
-        baseline_checkpoint=args.baseline_checkpoint,
-        trust_remote_code=args.trust_remote_code,
-        output=args.output,
-        per_user_output=args.per_user_output,
     )
 
 

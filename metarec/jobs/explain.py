@@ -25,6 +25,7 @@ from metarec.options import (
     add_run_options,
     check_writable,
     data_config,
+    from_args,
     history_indices,
     int_list,
 )
@@ -55,16 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> ExplainConfig:
-    return ExplainConfig(
-        run=args.checkpoint,
-        data=data_config(args, env),
-        user=args.user,
-        support_size=args.support_size,
-        history=args.history,
-        k=args.k,
-        output=args.output,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return from_args(ExplainConfig, args, run=args.checkpoint, data=data_config(args, env))
 
 
 def run(config: ExplainConfig) -> None:

@@ -20,6 +20,7 @@ from metarec.options import (
     add_run_options,
     check_writable,
     data_config,
+    from_args,
     name_list,
 )
 from metarec.trained_run import TrainedRun
@@ -53,20 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> OnlineJobConfig:
-    return OnlineJobConfig(
+    return from_args(
+        OnlineJobConfig,
+        args,
         run=args.checkpoint,
-        replay=OnlineConfig(
-            start=args.start,
-            events=args.events,
-            window=args.window,
-            incremental_lr_scale=args.incremental_lr_scale,
-            batch_size=args.batch_size,
-        ),
+        replay=from_args(OnlineConfig, args),
         data=data_config(args, env),
         strategies=name_list(args.strategies),
-        split_users=args.split_users,
-        output=args.output,
-        trust_remote_code=args.trust_remote_code,
     )
 
 

@@ -47,6 +47,7 @@ from metarec.options import (
     Environment,
     add_train_config_options,
     check_writable,
+    from_args,
     int_list,
     name_list,
     train_config,
@@ -232,12 +233,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> PipelineConfig:
-    return PipelineConfig(
+    return from_args(
+        PipelineConfig,
+        args,
         train=train_config(args, env, output_dir=args.run_dir),
         baselines=name_list(args.baselines),
         support_sizes=args.supports,
         hyperparameters=load_yaml(args.baselines_config),
-        bootstrap_resamples=args.bootstrap_resamples,
     )
 
 
