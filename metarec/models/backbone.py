@@ -9,6 +9,14 @@ Names:
   (found on disk, never imported; transformers de-quantises it to ``dtype``);
 - ``tiny-llama``: a small random-weight Llama config for tests;
 - a path to a ``.gguf`` file, a local model folder, or a hub id (downloaded by transformers).
+
+Precision: ``dtype`` is the frozen backbone's dtype only. Everything trained or adapted
+(LoRA initialisation, fast weights, Meta-SGD rates, the item side) is kept in
+`trainable_dtype` of it, at least float32, as peft keeps adapters: with a bfloat16
+backbone an inner step of lr × gradient is far below bfloat16's resolution (8 bits of
+mantissa) relative to the weights and would round away. A bfloat16 backbone therefore runs
+its frozen matmuls in bfloat16 and its LoRA updates in float32 (`metarec.models.lora`), and
+the user model casts at the backbone's input and output (`metarec.models.user_model`).
 """
 
 from __future__ import annotations
@@ -30,6 +38,15 @@ DTYPES = {
     "float16": torch.float16,
     "float64": torch.float64,
 }
+
+
+def trainable_dtype(backbone_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of what is trained next to a ``backbone_dtype`` backbone: at least float32.
+
+    bfloat16 and float16 backbones get float32 adapters and item side; a float64 backbone
+    (used by the finite-difference tests) keeps float64.
+    """
+    return torch.promote_types(backbone_dtype, torch.float32)
 
 
 @dataclass

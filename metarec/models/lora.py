@@ -10,6 +10,16 @@ gradient and, with ``create_graph=True``, second-order meta-gradients.
 
 Parameter names match peft's (``<module>.lora_A.weight``), so an initialisation exports
 as a peft adapter.
+
+Precision (as peft): the adapters are at least float32 whatever the backbone's dtype
+(`metarec.models.backbone.trainable_dtype`), so the fast weights, the meta-learned
+initialisation and the Meta-SGD rates (``full_like`` of them) are too, and small inner
+steps do not round away against a bfloat16 backbone. The frozen base layer runs in its own
+dtype; the low-rank update runs in the adapters' dtype on the input cast to it, and the sum
+is cast back to the base output's dtype (peft's ``result.to(torch_result_dtype)``). For a
+float32 backbone every cast is a no-op and the layer is exactly ``W0 x + (α/r) B A x``.
+No autocast here: under a bfloat16 autocast region the update's matmuls would run in
+bfloat16 again (see `metarec.models.user_model`).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from metarec.errors import MetarecError
+from metarec.models.backbone import trainable_dtype
 
 FastWeights = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -63,22 +74,26 @@ class BatchedLoRALinear(nn.Module):
         self.base = base
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        lora_a = torch.empty(rank, base.in_features, dtype=base.weight.dtype)
+        # float32 (at least) on the base weight's device, whatever the backbone's dtype
+        kind = {"dtype": trainable_dtype(base.weight.dtype), "device": base.weight.device}
+        lora_a = torch.empty(rank, base.in_features, **kind)
         nn.init.kaiming_uniform_(lora_a, a=math.sqrt(5))  # peft's default initialisation
         self.lora_A = _Weight(lora_a)
-        self.lora_B = _Weight(torch.zeros(base.out_features, rank, dtype=base.weight.dtype))
+        self.lora_B = _Weight(torch.zeros(base.out_features, rank, **kind))
         self.fast: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (U, T, d_in) → (U, T, d_out); with fast weights bound, U must match theirs."""
         out = self.base(x)
-        dropped = self.dropout(x)
+        # the update in the adapters' dtype (float32 for a bfloat16 backbone; no-op in float32)
+        dropped = self.dropout(x.to(self.lora_A.weight.dtype))
         if self.fast is None:
             update = dropped @ self.lora_A.weight.T @ self.lora_B.weight.T
         else:
             fast_a, fast_b = self.fast
             update = torch.bmm(torch.bmm(dropped, fast_a.transpose(1, 2)), fast_b.transpose(1, 2))
-        return out + self.scaling * update
+        # summed in the wider dtype, returned in the backbone's, as peft does
+        return (out + self.scaling * update).to(out.dtype)
 
 
 def layer_index(name: str) -> int | None:

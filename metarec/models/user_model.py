@@ -7,6 +7,20 @@ text places it; training moves it only through the softmax denominators. A user'
 history, as item vectors projected to the backbone's hidden size, runs through the
 backbone (``inputs_embeds``, LoRA fast weights inside); the state at a position, projected
 back to ``item_dim``, scores every item by dot product.
+
+Precision: the item side (text vectors, id embedding, projections) is trained, so it is
+kept in `metarec.models.backbone.trainable_dtype` of the backbone's dtype (float32 for a
+bfloat16 backbone), like the LoRA adapters. The projected inputs are cast to the backbone's
+dtype at its input and its hidden states back at its output, so states, scores and losses
+are float32; with a float32 backbone both casts are no-ops.
+
+No ``torch.autocast`` around the backbone, by decision: a bfloat16 backbone already holds
+bfloat16 weights, so its matmuls run in bfloat16 without it (and Llama computes its norms,
+rotary angles and eager softmax in float32 itself); autocast would instead cast the
+float32 LoRA updates' matmuls back to bfloat16, and ``torch.autocast`` refuses the
+``meta`` device even when disabled (where a device test may run the model). So
+``backbone.dtype: bfloat16`` is the mixed-precision switch: the frozen backbone runs in
+bfloat16, everything trained in float32.
 """
 
 from __future__ import annotations
@@ -21,7 +35,7 @@ import torch
 from torch import nn
 
 from metarec.errors import MetarecError
-from metarec.models.backbone import BackboneConfig, load_backbone
+from metarec.models.backbone import BackboneConfig, load_backbone, trainable_dtype
 from metarec.models.frozen_prefix import run_layers
 from metarec.models.item_init import svd_item_embeddings
 from metarec.models.lora import BatchedLoRALinear, LoRAConfig, inject_lora, layer_index
@@ -61,7 +75,8 @@ class UserModel(nn.Module):
         self.backbone = backbone
         self.lora_layers: dict[str, BatchedLoRALinear] = inject_lora(backbone, config.lora)
         hidden = backbone.config.hidden_size
-        dtype = next(backbone.parameters()).dtype
+        # the item side trains in at least float32, whatever the frozen backbone's dtype
+        dtype = trainable_dtype(next(backbone.parameters()).dtype)
         text_dim = 0 if text_vectors is None else text_vectors.shape[1]
         if text_vectors is not None:
             self.register_buffer("text_vectors", text_vectors.to(dtype), persistent=False)
@@ -146,11 +161,24 @@ class UserModel(nn.Module):
         if self.prefix is not None and self.prefix[0] is items:
             _, first, hidden = self.prefix
             top = self.backbone.config.num_hidden_layers
-            return self.output_projection(run_layers(self.backbone, hidden, mask, first, top))
-        inputs = self.input_projection(self.item_vectors()[items])
+            return self._from_backbone(run_layers(self.backbone, hidden, mask, first, top))
+        inputs = self._to_backbone(self.input_projection(self.item_vectors()[items]))
         # no KV cache: nothing is generated, and a recomputed layer would append to it twice
         output = self.backbone(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
-        return self.output_projection(output.last_hidden_state)
+        return self._from_backbone(output.last_hidden_state)
+
+    @property
+    def backbone_dtype(self) -> torch.dtype:
+        """The frozen backbone's dtype (read each time: a later ``.to()`` may change it)."""
+        return self.backbone.get_input_embeddings().weight.dtype
+
+    def _to_backbone(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Item-side (trainable dtype) inputs in the backbone's dtype (no-op in float32)."""
+        return inputs.to(self.backbone_dtype)
+
+    def _from_backbone(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., item_dim) states of backbone hidden states, in the item side's dtype."""
+        return self.output_projection(hidden.to(self.output_projection.weight.dtype))
 
     def first_adapted_layer(self) -> int:
         """Index of the lowest decoder layer with LoRA (0 if any adapter sits elsewhere)."""
@@ -169,7 +197,7 @@ class UserModel(nn.Module):
         # only decoder stacks whose forward is embeddings -> layers -> norm can be split
         if first > 0 and self.backbone.config.model_type in SPLITTABLE_MODEL_TYPES:
             with torch.no_grad():
-                inputs = self.input_projection(self.item_vectors()[items])
+                inputs = self._to_backbone(self.input_projection(self.item_vectors()[items]))
                 mask = self._attention_mask(items, lengths)
                 self.prefix = (items, first, run_layers(self.backbone, inputs, mask, 0, first))
         try:
