@@ -22,6 +22,7 @@ import yaml
 from metarec.config import from_mapping, load_yaml
 from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig
+from metarec.device import DEVICE_CHOICES, resolve_device
 from metarec.errors import MetarecError
 from metarec.trained_run import TrainConfig
 
@@ -37,6 +38,7 @@ class Environment:
     cache_dir: Path | None = None  # METAREC_CACHE_DIR
     world_size: int = 1  # WORLD_SIZE, set by torchrun / deepspeed
     rank: int = 0  # RANK
+    local_rank: int = 0  # LOCAL_RANK: this process's GPU on its machine
     accelerate_deepspeed_config: Path | None = None  # under `accelerate launch` with DeepSpeed
 
     @classmethod
@@ -52,6 +54,7 @@ class Environment:
             cache_dir=path("METAREC_CACHE_DIR"),
             world_size=int(variables.get("WORLD_SIZE", "1")),
             rank=int(variables.get("RANK", "0")),
+            local_rank=int(variables.get("LOCAL_RANK", "0")),
             accelerate_deepspeed_config=path("ACCELERATE_DEEPSPEED_CONFIG_FILE")
             if under_accelerate_deepspeed
             else None,
@@ -127,15 +130,32 @@ def add_remote_code_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device``: where a command that runs the model computes (`metarec.device`)."""
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="auto: this process's GPU (cuda:LOCAL_RANK) when CUDA is there, else the CPU",
+    )
+
+
+def device_of(args: argparse.Namespace, env: Environment) -> str:
+    """The device `add_device_option`'s ``--device`` names for this process, e.g. ``cuda:1``."""
+    return str(resolve_device(args.device, env.local_rank))
+
+
 def add_run_options(parser: argparse.ArgumentParser, what: str) -> None:
-    """A command on a trained run: the data its catalogue comes from, the run, remote code."""
+    """A command on a trained run: the data its catalogue comes from, the run, remote code,
+    the device."""
     add_data_options(parser)
     parser.add_argument("--checkpoint", type=Path, required=True, help=what)
     add_remote_code_option(parser)
+    add_device_option(parser)
 
 
 def add_train_config_options(parser: argparse.ArgumentParser) -> None:
-    """A command driven by a training config: YAML, ``--set`` overrides, split seed."""
+    """A command driven by a training config: YAML, ``--set`` overrides, split seed, device."""
     parser.add_argument("--config", type=Path, required=True, help="YAML, e.g. configs/quick.yaml")
     parser.add_argument(
         "--set",
@@ -146,6 +166,7 @@ def add_train_config_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split-seed", type=int)
     add_remote_code_option(parser)
+    add_device_option(parser)
 
 
 def history_indices(dataset: Dataset, raw_items: list[int]) -> np.ndarray:
@@ -225,11 +246,13 @@ def train_config(
     args: argparse.Namespace, env: Environment, output_dir: Path | None = None
 ) -> TrainConfig:
     """The training config of `add_train_config_options`: YAML, ``--set``, then options and
-    environment (under ``accelerate launch`` with DeepSpeed, its DeepSpeed config)."""
+    environment (under ``accelerate launch`` with DeepSpeed, its DeepSpeed config; the
+    device of ``--device``, whatever the YAML said)."""
     raw = config_mapping(args.config, args.set, args.split_seed, output_dir, env)
     distributed = raw["distributed"] = raw.get("distributed") or {}
     if env.accelerate_deepspeed_config is not None:
         distributed.setdefault("deepspeed_config", str(env.accelerate_deepspeed_config))
     config = from_mapping(TrainConfig, raw, where=f"{args.config}: config")
     allow_remote_code(config, args.trust_remote_code, str(args.config))
+    config.distributed.device = device_of(args, env)
     return config

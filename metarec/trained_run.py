@@ -118,16 +118,23 @@ class TrainedRun:
     """A ``metarec train`` run dir, read once; its dataset and model are built on first use."""
 
     def __init__(
-        self, folder: Path, data: DataConfig | None = None, trust_remote_code: bool = False
+        self,
+        folder: Path,
+        data: DataConfig | None = None,
+        trust_remote_code: bool = False,
+        device: str = "cpu",
     ) -> None:
         """``data``: where the job's data is (default: as the run was trained).
         ``trust_remote_code``: whether the backbone may run code from its model folder, as
-        the job's command line says, whatever the training run was allowed."""
+        the job's command line says, whatever the training run was allowed.
+        ``device``: where the model computes, as the job decided (`metarec.device`),
+        wherever the run was trained."""
         self.folder = folder
         self.checkpoint = folder / "checkpoint"
         raw, self.weights = read_checkpoint(self.checkpoint)
         self.config = from_mapping(TrainConfig, raw, where=f"{self.checkpoint}/config.json")
         self.config.model.backbone.trust_remote_code = trust_remote_code
+        self.config.distributed.device = str(device)
         self.trained_data = read_dataset_fingerprint(self.checkpoint)
         self.data = data or self.config.data
 
@@ -153,8 +160,8 @@ class TrainedRun:
         config = self.config
         model = UserModel.build(
             config.model, self.dataset.item_text, self.data.cache_dir.expanduser()
-        )
-        rates = None
+        ).to(config.distributed.device)
+        rates = None  # built after the move: the rates live beside the LoRA weights
         if config.meta.properties.learned_rates:
             rates = MetaSGDRates(model.lora_layers, config.meta.inner_lr)
         load_trained_weights(model, rates, self.checkpoint, self.weights)

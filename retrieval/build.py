@@ -22,14 +22,17 @@ import torch
 from tqdm import tqdm
 
 from metarec.data.prepare import DataConfig
+from metarec.device import model_device, to_numpy
 from metarec.errors import ConfigError, MetarecError
 from metarec.models.user_model import UserModel
 from metarec.options import (
     Environment,
     add_data_options,
+    add_device_option,
     add_remote_code_option,
     check_writable,
     data_config,
+    device_of,
     from_args,
 )
 from metarec.trained_run import TrainedRun
@@ -42,10 +45,11 @@ def encode_catalogue(model: UserModel, path: Path, chunk_rows: int = 65536) -> n
     vectors = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.float32, shape=(n_items, model.config.item_dim)
     )
+    device = model_device(model)
     with torch.no_grad():
         for start in tqdm(range(0, n_items, chunk_rows), desc="encode items", unit="chunk"):
-            rows = torch.arange(start, min(n_items, start + chunk_rows))
-            vectors[start : start + len(rows)] = model.item_vectors(rows).float().numpy()
+            rows = torch.arange(start, min(n_items, start + chunk_rows), device=device)
+            vectors[start : start + len(rows)] = to_numpy(model.item_vectors(rows))
     vectors.flush()
     return vectors
 
@@ -63,6 +67,7 @@ class IndexBuildConfig:
     encoder: str = "external"  # names the vectors' encoder when they come from a file
     chunk_rows: int = 65536
     trust_remote_code: bool = False  # let the run's backbone run code from its model folder
+    device: str = "cpu"  # where the item side encodes (--device, resolved by config_from_args)
 
 
 def _file_vectors(config: IndexBuildConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -95,7 +100,7 @@ def build_catalogue_index(config: IndexBuildConfig) -> dict:
         index = build_index(vectors, config.index, config.chunk_rows)
         encoder = config.encoder
     else:
-        run = TrainedRun(config.run, config.data, config.trust_remote_code)
+        run = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
         encoder = run.fingerprint
         config.output.parent.mkdir(parents=True, exist_ok=True)
         scratch = config.output.with_name(f".{config.output.name}.vectors.npy")
@@ -127,6 +132,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     knobs.add_argument("--ef-search", type=int, default=128, help="hnsw: search breadth")
     knobs.add_argument("--train-size", type=int, default=100_000, help="ivf*: training sample")
     add_remote_code_option(parser)
+    add_device_option(parser)
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> IndexBuildConfig:
@@ -136,6 +142,7 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> IndexBuildCo
         index=from_args(IndexConfig, args),
         run=args.checkpoint,
         data=data_config(args, env),
+        device=device_of(args, env),
     )
 
 

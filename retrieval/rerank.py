@@ -41,6 +41,7 @@ from metarec.data.dataset import Dataset
 from metarec.data.episodes import collate
 from metarec.data.prepare import DataConfig
 from metarec.data.tables import Column
+from metarec.device import model_device, to_numpy
 from metarec.distributed.engine import DistributedConfig, init_process_group
 from metarec.errors import ConfigError, MetarecError
 from metarec.hashing import sha256_of
@@ -51,6 +52,7 @@ from metarec.options import (
     add_run_options,
     check_writable,
     data_config,
+    device_of,
     from_args,
 )
 from metarec.trained_run import TrainedRun
@@ -82,6 +84,7 @@ class RerankConfig:
     shard_users: int = 256  # users per output shard
     inner_steps: int | None = None  # default: the run's meta.inner_steps
     trust_remote_code: bool = False  # let the run's backbone run code from its model folder
+    device: str = "cpu"  # where the model computes (--device, resolved by config_from_args)
     kill_after_shards: int | None = None  # tests: SIGKILL after writing this many shards
     launched_world_size: int = 1  # processes the launcher started (torchrun)
 
@@ -142,18 +145,19 @@ def rerank_batch(
     history is excluded. Ties in score go to the lower item index, as in evaluation.
     """
     model = method.model
+    device = model_device(model)
     recent = [history[-model.config.max_len :] for history in histories]
-    batch = collate(recent, [np.empty(0, dtype=np.int64)] * len(histories))
+    batch = collate(recent, [np.empty(0, dtype=np.int64)] * len(histories), device)
     states = adapted_states(model, batch, method.meta, method.rates, method.inner_steps)
     widest = max(len(history) for history in histories)
-    found, _ = index.search(states.float().numpy(), n_candidates + widest)
+    found, _ = index.search(to_numpy(states), n_candidates + widest)
     candidates = np.full((len(histories), n_candidates), -1, dtype=np.int64)
     for row, (items, history) in enumerate(zip(found, histories, strict=True)):
         kept = items[(items >= 0) & ~np.isin(items, history)][:n_candidates]
         candidates[row, : len(kept)] = kept
     with torch.no_grad():
-        vectors = model.item_vectors(torch.from_numpy(candidates.clip(min=0)))
-        scores = torch.einsum("ud,und->un", states, vectors).float().numpy()
+        vectors = model.item_vectors(torch.from_numpy(candidates.clip(min=0)).to(device))
+        scores = to_numpy(torch.einsum("ud,und->un", states, vectors))
     scores[candidates < 0] = -np.inf
     order = np.lexsort((candidates, -scores), axis=1)[:, :top_k]
     return np.take_along_axis(candidates, order, 1), np.take_along_axis(scores, order, 1)
@@ -218,7 +222,7 @@ def run_rerank(config: RerankConfig) -> dict:
     """Run (or finish) the job; returns the manifest (on rank 0; others return {})."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = dist.get_world_size() if dist.is_initialized() else 1
-    run = TrainedRun(config.run, config.data, config.trust_remote_code)
+    run = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
     method, dataset, fingerprint = run.recommender(config.inner_steps), run.dataset, run.fingerprint
     index = load_index(config.index, encoder=fingerprint)
     if config.histories is not None:
@@ -304,6 +308,7 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> RerankConfig
         args,
         run=args.checkpoint,
         data=data_config(args, env),
+        device=device_of(args, env),
         launched_world_size=env.world_size,
     )
 
@@ -311,7 +316,7 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> RerankConfig
 def run(config: RerankConfig) -> None:
     """The job in this process (one of ``launched_world_size``); rank 0 prints the summary."""
     check_writable(config.output_dir / "job.json")
-    init_process_group(DistributedConfig(), config.launched_world_size)
+    init_process_group(DistributedConfig(device=config.device), config.launched_world_size)
     manifest = run_rerank(config)
     if manifest:
         seconds = manifest["seconds_this_run"]

@@ -22,9 +22,11 @@ from metarec.eval.report import write_json
 from metarec.options import (
     Environment,
     add_data_options,
+    add_device_option,
     add_remote_code_option,
     check_writable,
     data_config,
+    device_of,
     from_args,
     history_indices,
     int_list,
@@ -46,6 +48,7 @@ class SearchConfig:
     k: int = 10
     output: Path | None = None  # answers as JSON
     trust_remote_code: bool = False
+    device: str = "cpu"  # where the model computes (--device, resolved by config_from_args)
 
 
 def vector_answers(config: SearchConfig) -> list[list[dict]]:
@@ -66,7 +69,7 @@ def history_answer(config: SearchConfig) -> list[dict]:
     """The run's top ``k`` items, with text, for a user adapted to ``config.history``."""
     if not config.history:
         raise MetarecError("index search --checkpoint needs --history ITEM,ITEM,...")
-    run = TrainedRun(config.run, config.data, config.trust_remote_code)
+    run = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
     index = load_index(config.index, encoder=run.fingerprint)
     dataset = run.dataset
     history = history_indices(dataset, config.history)
@@ -89,10 +92,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--output", type=Path, help="answers as JSON")
     add_remote_code_option(parser)
+    add_device_option(parser)
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> SearchConfig:
-    return from_args(SearchConfig, args, run=args.checkpoint, data=data_config(args, env))
+    return from_args(
+        SearchConfig,
+        args,
+        run=args.checkpoint,
+        data=data_config(args, env),
+        device=device_of(args, env),
+    )
 
 
 def run(config: SearchConfig) -> None:

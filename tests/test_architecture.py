@@ -41,6 +41,7 @@ ROOMS: dict[str, float] = {
     "metarec/hashing.py": 0,
     "metarec/config.py": 0,
     "metarec/provenance.py": 0,
+    "metarec/device.py": 0,
     # 1: the ground
     "metarec/data/": 1,
     "metarec/models/": 1,

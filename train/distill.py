@@ -100,7 +100,10 @@ class DistillRecipe(MetaTrainRecipe):
             raise ConfigError("distill: the student starts from the teacher; no pretraining stage")
         super().setup()
         teacher = TrainedRun(
-            self.distill.teacher, self.config.data, self.config.model.backbone.trust_remote_code
+            self.distill.teacher,
+            self.config.data,
+            self.config.model.backbone.trust_remote_code,
+            self.config.distributed.device,  # beside the student
         )
         self.teacher = teacher.recommender()
         self.teacher.model.requires_grad_(False)

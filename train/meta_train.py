@@ -89,13 +89,14 @@ class MetaTrainRecipe:
         self.split = run_split(config, dataset, config.valid_support_size)
         if config.meta.properties.second_order:
             config.model.backbone.attention = "eager"  # SDPA on CPU has no double backward
+        self.device = torch.device(config.distributed.device)
         self.model = UserModel.build(
             config.model,
             dataset.item_text,
             config.data.cache_dir.expanduser(),
             self.split.train_sequences,
-        )
-        self.rates = None
+        ).to(self.device)
+        self.rates = None  # built after the move: the rates live beside the LoRA weights
         if config.meta.properties.learned_rates:
             self.rates = MetaSGDRates(self.model.lora_layers, config.meta.inner_lr)
         if config.init_from is not None:
@@ -191,7 +192,9 @@ class MetaTrainRecipe:
         names = [f"valid_{side}_loss_{label}" for side in ("support", "query")
                  for label in ("before", "after")]  # fmt: skip
         names += ["valid_ndcg@10_before", "valid_ndcg@10_after"]
-        totals = all_reduce_sums({name: sums.get(name, 0.0) for name in [*names, "count"]})
+        totals = all_reduce_sums(
+            {name: sums.get(name, 0.0) for name in [*names, "count"]}, self.device
+        )
         self.model.train()
         self.model.backbone.eval()  # frozen: its dropout (if any) stays off
         return {name: totals[name] / max(totals["count"], 1.0) for name in names}
@@ -201,6 +204,7 @@ class MetaTrainRecipe:
         batch = collate(
             [case.history[-self.config.model.max_len :] for case in mine],
             [case.relevant for case in mine],
+            self.device,
         )
         sums = {
             f"valid_{name}": value * len(mine)
@@ -271,10 +275,11 @@ class MetaTrainRecipe:
         """One outer update from a global batch of users; returns the objective (all ranks)."""
         micro_batches = rank_micro_batches(
             episodes, self.rank, self.world_size,
-            self.config.distributed.gradient_accumulation_steps,
+            self.config.distributed.gradient_accumulation_steps, self.device,
         )  # fmt: skip
         local = self.engine.train_step(micro_batches)
-        objective = all_reduce_sums({"objective": local})["objective"] / self.world_size
+        objective = all_reduce_sums({"objective": local}, self.device)["objective"]
+        objective /= self.world_size
         self.step += 1
         if self.writer is not None:
             self.writer.add_scalar("train/objective", objective, self.step)
@@ -339,6 +344,8 @@ class MetaTrainRecipe:
                 "best": self.best,
                 "world_size": self.world_size,
             }
+            if self.device.type == "cuda":  # dropout in the inner loop draws on the GPU
+                client["cuda_rng_state"] = torch.cuda.get_rng_state(self.device).tolist()
             state.commit(staging, state.step_folder(root, self.step), client)
             state.prune(root, self.config.keep_states)
         self.barrier()
@@ -357,6 +364,9 @@ class MetaTrainRecipe:
         self.epoch_rng_state = client["epoch_rng_state"]
         self.epoch_losses = client["epoch_losses"]
         torch.set_rng_state(torch.tensor(client["torch_rng_state"], dtype=torch.uint8))
+        if self.device.type == "cuda" and "cuda_rng_state" in client:
+            cuda_state = torch.tensor(client["cuda_rng_state"], dtype=torch.uint8)
+            torch.cuda.set_rng_state(cuda_state, self.device)
         self.history = client["history"]
         self.best = client["best"]
         self.report(f"resumed from {folder} (step {self.step})")

@@ -44,6 +44,7 @@ from metarec.options import (
     allow_remote_code,
     check_writable,
     config_mapping,
+    device_of,
 )
 from metarec.rl import run_files
 from metarec.rl.env import SimulatedUsers, SimulatorConfig, SlateSimulator
@@ -131,10 +132,14 @@ class RLConfig:
 
 
 def adapted_scores_of(
-    config: RLConfig, base_train: TrainConfig | None, trust_remote_code: bool
+    config: RLConfig,
+    base_train: TrainConfig | None,
+    trust_remote_code: bool,
+    device: str = "cpu",
 ) -> tuple[Dataset, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(dataset, {side: (U,) users}, {side: (U, n_items) scores}) from the base run, trained
-    first if missing; the sides are the run's coldstart split (`metarec.rl.users`)."""
+    first if missing (on the device its config names), adapted and scored on ``device``;
+    the sides are the run's coldstart split (`metarec.rl.users`)."""
     if not (config.base_run / "checkpoint").is_dir():
         if base_train is None:
             raise MetarecError(
@@ -144,7 +149,7 @@ def adapted_scores_of(
         from train.meta_train import train as meta_train
 
         meta_train(base_train)
-    run = TrainedRun(config.base_run, config.data, trust_remote_code)
+    run = TrainedRun(config.base_run, config.data, trust_remote_code, device)
     run.check_compatible("coldstart", config.split_seed)
     method, dataset = run.recommender(), run.dataset
     sequences = dataset.sequences()
@@ -315,15 +320,21 @@ def evaluate(
 
 
 def train(
-    config: RLConfig, base_train: TrainConfig | None = None, trust_remote_code: bool = False
+    config: RLConfig,
+    base_train: TrainConfig | None = None,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Run the whole recipe; returns the evaluation results (also in results.json).
+
+    ``device`` is where the base run adapts and scores; the small policy networks train on
+    the CPU.
 
     The output dir is filled in a staging folder and replaces any earlier run only once
     complete: a failure leaves the earlier run whole, never its files mixed with new ones.
     """
     # 1. adapted scores for every meta-train and test user
-    dataset, sides, scores = adapted_scores_of(config, base_train, trust_remote_code)
+    dataset, sides, scores = adapted_scores_of(config, base_train, trust_remote_code, device)
     with atomic_dir(config.output_dir) as out:
         run_files.write_description(out, asdict(config), config.seed)
         run_files.save_scores(out / run_files.SCORES, sides, scores)
@@ -336,19 +347,18 @@ def train(
         response.save(out / run_files.SIMULATOR)
         item_side = ItemSide.from_counts(response.genres, response.popularity)
         train_simulated = simulated_side(train_users, response, config)
-        writer = SummaryWriter(str(out / "tensorboard"))
+        # closed on failure too: its thread must not write into a staging dir being removed
+        with SummaryWriter(str(out / "tensorboard")) as writer:
+            # 3-4. behaviour policy and off-policy REINFORCE on the meta-train logs
+            torch.manual_seed(config.seed)  # a base run trained above drew from torch's RNG
+            logs = log_view(train_users, train_simulated, config)
+            behaviour = fit_behaviour(logs, item_side, config, writer)
+            policy = SlatePolicy(config.simulator.shown_window, config.reinforce.hidden)
+            train_offline(policy, behaviour, logs, item_side, config, writer)
 
-        # 3-4. behaviour policy and off-policy REINFORCE on the meta-train logs
-        torch.manual_seed(config.seed)  # here: a base run trained above drew from torch's RNG
-        logs = log_view(train_users, train_simulated, config)
-        behaviour = fit_behaviour(logs, item_side, config, writer)
-        policy = SlatePolicy(config.simulator.shown_window, config.reinforce.hidden)
-        train_offline(policy, behaviour, logs, item_side, config, writer)
-
-        # 5. on-policy REINFORCE in the simulator
-        simulator = SlateSimulator(train_simulated, response, config.simulator)
-        train_online(policy, simulator, item_side, config, writer)
-        writer.close()
+            # 5. on-policy REINFORCE in the simulator
+            simulator = SlateSimulator(train_simulated, response, config.simulator)
+            train_online(policy, simulator, item_side, config, writer)
         run_files.save_module(behaviour, out / run_files.BEHAVIOUR)
         run_files.save_module(policy, out / run_files.POLICY)
 
@@ -381,6 +391,7 @@ class RLTrainCommandConfig:
     rl: RLConfig
     base_train: TrainConfig | None = None
     trust_remote_code: bool = False
+    device: str = "cpu"  # where the base run trains, adapts and scores (--device)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -397,10 +408,13 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> RLTrainComma
         base["data"] = {**base["data"], **raw["data"]}
         base_train = from_mapping(TrainConfig, base, where=f"{config.base_config}: config")
         allow_remote_code(base_train, args.trust_remote_code, str(config.base_config))
-    return RLTrainCommandConfig(config, base_train, args.trust_remote_code)
+    device = device_of(args, env)
+    if base_train is not None:
+        base_train.distributed.device = device
+    return RLTrainCommandConfig(config, base_train, args.trust_remote_code, device)
 
 
 def run(config: RLTrainCommandConfig) -> None:
     check_writable(config.rl.output_dir / run_files.CONFIG)
-    print_results(train(config.rl, config.base_train, config.trust_remote_code))
+    print_results(train(config.rl, config.base_train, config.trust_remote_code, config.device))
     print(f"wrote {config.rl.output_dir / run_files.RESULTS}")

@@ -27,17 +27,27 @@ class EpisodeBatch:
     query: torch.Tensor
 
     def support_excluded(self, n_items: int) -> torch.Tensor:
-        """(U, N) bool: the support items, which are never ranked."""
-        excluded = torch.zeros(len(self.support), n_items, dtype=torch.bool)
-        positions = torch.arange(self.support.shape[1])
+        """(U, N) bool: the support items, which are never ranked.
+
+        Built on the support's device with a scatter (padding goes to a spare column N,
+        dropped), so no step waits on the device for a data-dependent shape.
+        """
+        device = self.support.device
+        positions = torch.arange(self.support.shape[1], device=device)
         real = positions[None, :] < self.support_lengths[:, None]
-        rows = torch.arange(len(self.support))[:, None].expand_as(self.support)
-        excluded[rows[real], self.support[real]] = True
-        return excluded
+        columns = torch.where(real, self.support, n_items)
+        excluded = torch.zeros(len(self.support), n_items + 1, dtype=torch.bool, device=device)
+        excluded.scatter_(1, columns, True)
+        return excluded[:, :n_items]
 
 
-def collate(supports: list[np.ndarray], queries: list[np.ndarray]) -> EpisodeBatch:
-    """Pad per-user supports (K_u,) and queries (Q_u,) into an EpisodeBatch."""
+def collate(
+    supports: list[np.ndarray],
+    queries: list[np.ndarray],
+    device: torch.device | str | None = None,
+) -> EpisodeBatch:
+    """Pad per-user supports (K_u,) and queries (Q_u,) into an EpisodeBatch on ``device``
+    (default: the CPU)."""
     width = max(len(s) for s in supports)
     query_width = max(1, max(len(q) for q in queries))
     support = np.zeros((len(supports), width), dtype=np.int64)
@@ -45,8 +55,8 @@ def collate(supports: list[np.ndarray], queries: list[np.ndarray]) -> EpisodeBat
     for row, (items, relevant) in enumerate(zip(supports, queries, strict=True)):
         support[row, : len(items)] = items
         query[row, : len(relevant)] = relevant
-    lengths = torch.tensor([len(s) for s in supports], dtype=torch.int64)
-    return EpisodeBatch(torch.from_numpy(support), lengths, torch.from_numpy(query))
+    lengths = np.array([len(s) for s in supports], dtype=np.int64)
+    return EpisodeBatch(*(torch.from_numpy(part).to(device) for part in (support, lengths, query)))
 
 
 def sample_episodes(

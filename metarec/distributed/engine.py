@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from metarec.data.episodes import EpisodeBatch, collate
+from metarec.device import to_numpy
 from metarec.distributed.ds_config import load_ds_config, micro_batch_size, resolve_ds_config
 from metarec.errors import ConfigError
 
@@ -48,7 +49,10 @@ class DistributedConfig:
     gradient_accumulation_steps: int = 1
     gradient_clipping: float = 0.0  # 0: off
     activation_checkpointing: bool = False  # the recipe applies it to the backbone
-    backend: str = "auto"  # torch.distributed backend; auto: nccl with CUDA, else gloo
+    backend: str = "auto"  # torch.distributed backend; auto: nccl on a GPU, else gloo
+    # where this process computes: "cpu" or "cuda:<LOCAL_RANK>", decided by the entry point
+    # (`metarec.device.resolve_device`, from --device), which overrides any YAML value
+    device: str = "cpu"
 
 
 class MetaStep(Protocol):
@@ -84,17 +88,28 @@ class MetaStep(Protocol):
 
 
 def init_process_group(config: DistributedConfig, launched_world_size: int) -> None:
-    """Join the launcher's process group (env:// rendezvous) when there is one.
+    """Select this process's GPU and join the launcher's process group (env:// rendezvous)
+    when there is one.
 
     ``launched_world_size`` is what the launcher said (``WORLD_SIZE``, read by the entry
-    point); DeepSpeed needs a process group even for a single process.
+    point); DeepSpeed needs a process group even for a single process. The backend follows
+    ``config.device``: NCCL for a GPU, gloo for the CPU (an explicit ``backend`` wins, but
+    NCCL cannot reduce CPU tensors).
     """
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
     if dist.is_initialized():
         return
     if launched_world_size > 1 or config.deepspeed_config is not None:
         backend = config.backend
         if backend == "auto":
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        if backend == "nccl" and device.type != "cuda":
+            raise ConfigError(
+                f"distributed.backend=nccl reduces GPU tensors, but this process runs on "
+                f"{device} (use --device cuda, or backend gloo)"
+            )
         dist.init_process_group(backend=backend)
 
 
@@ -124,11 +139,13 @@ class LocalEngine:
 
     def train_step(self, micro_batches: list[EpisodeBatch]) -> float:
         self.optimizer.zero_grad()
-        total = 0.0
+        total = None
         for batch in micro_batches:
             loss = self.objective(batch) / len(micro_batches)
             loss.backward()
-            total += loss.item()
+            # summed in float64 on the device: what adding each loss.item() gave, one sync
+            part = loss.detach().double()
+            total = part if total is None else total + part
         if self.world_size > 1:  # one all-reduce of all gradients, flattened
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
             flat = torch.cat([grad.reshape(-1) for grad in grads])
@@ -140,7 +157,7 @@ class LocalEngine:
         if self.config.gradient_clipping > 0:
             nn.utils.clip_grad_norm_(self.params, self.config.gradient_clipping)
         self.optimizer.step()
-        return total
+        return float(to_numpy(total))  # the step's one wait for the device
 
     @contextlib.contextmanager
     def gathered(self) -> Iterator[None]:
@@ -157,7 +174,8 @@ class LocalEngine:
         with torch.no_grad():
             for name, param in self.trainable.items():
                 param.copy_(weights[name])
-        state = torch.load(folder / "optimizer.pt", weights_only=True)
+        # Adam's state moves onto its parameters' device in load_state_dict
+        state = torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu")
         self.optimizer.load_state_dict(state)
 
 
@@ -211,19 +229,23 @@ class DeepSpeedEngine:
                 deepspeed.zero.register_external_parameter(module, param)
 
     def objective(self, batch: EpisodeBatch) -> torch.Tensor:
-        return self.engine(batch.support, batch.support_lengths, batch.query)
+        device = self.engine.device
+        return self.engine(
+            batch.support.to(device), batch.support_lengths.to(device), batch.query.to(device)
+        )
 
     def param_groups(self) -> list[dict]:
         return self.engine.optimizer.param_groups
 
     def train_step(self, micro_batches: list[EpisodeBatch]) -> float:
-        total = 0.0
+        total = None
         for batch in micro_batches:
             loss = self.objective(batch)
             self.engine.backward(loss)
             self.engine.step()  # DeepSpeed only steps at the accumulation boundary
-            total += loss.item() / len(micro_batches)
-        return total
+            part = loss.detach().double() / len(micro_batches)
+            total = part if total is None else total + part
+        return float(to_numpy(total))  # the step's one wait for the device
 
     @contextlib.contextmanager
     def gathered(self) -> Iterator[None]:
@@ -264,9 +286,13 @@ def build_engine(
 
 
 def rank_micro_batches(
-    episodes: list[Episode], rank: int, world_size: int, accumulation: int
+    episodes: list[Episode],
+    rank: int,
+    world_size: int,
+    accumulation: int,
+    device: torch.device | str | None = None,
 ) -> list[EpisodeBatch]:
-    """This rank's micro batches of one global meta step's episodes.
+    """This rank's micro batches of one global meta step's episodes, on ``device``.
 
     The step's users are cut into ``world_size * accumulation`` equal consecutive chunks;
     micro batch m of rank r is chunk ``m * world_size + r``.
@@ -275,14 +301,19 @@ def rank_micro_batches(
     size = len(episodes) // chunks
     starts = [(m * world_size + rank) * size for m in range(accumulation)]
     mine = [episodes[start : start + size] for start in starts]
-    return [collate([s for s, _ in part], [q for _, q in part]) for part in mine]
+    return [collate([s for s, _ in part], [q for _, q in part], device) for part in mine]
 
 
-def all_reduce_sums(values: dict[str, float]) -> dict[str, float]:
-    """Each value summed over all ranks (unchanged in a single process)."""
+def all_reduce_sums(
+    values: dict[str, float], device: torch.device | str = "cpu"
+) -> dict[str, float]:
+    """Each value summed over all ranks (unchanged in a single process); the sum runs on
+    ``device``, the process group's (NCCL reduces GPU tensors only)."""
     if not dist.is_initialized():
         return dict(values)
     names = sorted(values)
-    tensor = torch.tensor([float(values[name]) for name in names], dtype=torch.float64)
+    tensor = torch.tensor(
+        [float(values[name]) for name in names], dtype=torch.float64, device=device
+    )
     dist.all_reduce(tensor)
-    return dict(zip(names, tensor.tolist(), strict=True))
+    return {name: float(total) for name, total in zip(names, to_numpy(tensor), strict=True)}

@@ -16,7 +16,14 @@ from pathlib import Path
 from metarec.data.prepare import DataConfig
 from metarec.eval.plots import reward_curves
 from metarec.eval.report import write_json
-from metarec.options import Environment, add_run_options, check_writable, data_config, from_args
+from metarec.options import (
+    Environment,
+    add_run_options,
+    check_writable,
+    data_config,
+    device_of,
+    from_args,
+)
 from metarec.rl.bandit import BanditConfig, compare_policies
 from metarec.trained_run import TrainedRun
 
@@ -31,6 +38,7 @@ class BanditJobConfig:
     output: Path | None = None  # results JSON
     plot: Path | None = None  # cumulative reward curves PNG
     trust_remote_code: bool = False
+    device: str = "cpu"  # where the model computes (--device, resolved by config_from_args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +61,7 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> BanditJobCon
         run=args.checkpoint,
         bandit=from_args(BanditConfig, args),
         data=data_config(args, env),
+        device=device_of(args, env),
     )
 
 
@@ -60,7 +69,7 @@ def run(config: BanditJobConfig) -> None:
     for output in (config.output, config.plot):
         check_writable(output)
     settings = config.bandit
-    trained = TrainedRun(config.run, config.data, config.trust_remote_code)
+    trained = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
     trained.check_compatible("coldstart")
     results, rewards = compare_policies(
         trained.recommender().score,

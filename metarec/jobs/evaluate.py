@@ -38,9 +38,11 @@ from metarec.options import (
     REPO_CONFIGS,
     Environment,
     add_data_options,
+    add_device_option,
     add_remote_code_option,
     check_writable,
     data_config,
+    device_of,
     from_args,
     int_list,
     name_list,
@@ -61,6 +63,7 @@ class EvaluateConfig:
     checkpoint: Path | None = None
     baseline_checkpoint: Path | None = None
     trust_remote_code: bool = False  # let the runs' backbones run code from their model folders
+    device: str = "cpu"  # where the LLM methods compute (--device, resolved by config_from_args)
     output: Path | None = None  # results JSON
     per_user_output: Path | None = None  # per-user metrics Parquet
 
@@ -101,7 +104,7 @@ def _llm_methods(names: list[str], config: EvaluateConfig) -> dict[str, Recommen
 
     def run_of(folder: Path) -> TrainedRun:
         if folder not in runs:
-            runs[folder] = TrainedRun(folder, config.data, config.trust_remote_code)
+            runs[folder] = TrainedRun(folder, config.data, config.trust_remote_code, config.device)
             runs[folder].check_compatible(config.protocol.name, config.protocol.split_seed)
         return runs[folder]
 
@@ -239,6 +242,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="results JSON")
     parser.add_argument("--per-user-output", type=Path, help="per-user metrics Parquet")
     add_remote_code_option(parser)
+    add_device_option(parser)
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> EvaluateConfig:
@@ -249,6 +253,7 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> EvaluateConf
         protocol=from_args(ProtocolConfig, args, name=args.protocol, ks=args.k),
         methods=name_list(args.methods),
         hyperparameters=load_yaml(args.baselines_config),
+        device=device_of(args, env),
     )
 
 

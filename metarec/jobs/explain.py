@@ -25,6 +25,7 @@ from metarec.options import (
     add_run_options,
     check_writable,
     data_config,
+    device_of,
     from_args,
     history_indices,
     int_list,
@@ -44,6 +45,7 @@ class ExplainConfig:
     k: int = 5  # recommendations to explain
     output: Path | None = None  # the explanation as JSON
     trust_remote_code: bool = False
+    device: str = "cpu"  # where the model computes (--device, resolved by config_from_args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,11 +58,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> ExplainConfig:
-    return from_args(ExplainConfig, args, run=args.checkpoint, data=data_config(args, env))
+    return from_args(
+        ExplainConfig,
+        args,
+        run=args.checkpoint,
+        data=data_config(args, env),
+        device=device_of(args, env),
+    )
 
 
 def run(config: ExplainConfig) -> None:
-    trained = TrainedRun(config.run, config.data, config.trust_remote_code)
+    trained = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
     dataset, method = trained.dataset, trained.recommender()
     if (config.user is None) == (config.history is None):
         raise MetarecError("explain: give --user (a user id of the dataset) or --history")

@@ -20,6 +20,7 @@ from metarec.options import (
     add_run_options,
     check_writable,
     data_config,
+    device_of,
     from_args,
     name_list,
 )
@@ -37,6 +38,7 @@ class OnlineJobConfig:
     split_users: str = "test"  # valid: to pick settings
     output: Path | None = None  # results JSON
     trust_remote_code: bool = False
+    device: str = "cpu"  # where the model computes (--device, resolved by config_from_args)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,12 +63,13 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> OnlineJobCon
         replay=from_args(OnlineConfig, args),
         data=data_config(args, env),
         strategies=name_list(args.strategies),
+        device=device_of(args, env),
     )
 
 
 def run(config: OnlineJobConfig) -> None:
     check_writable(config.output)
-    trained = TrainedRun(config.run, config.data, config.trust_remote_code)
+    trained = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
     trained.check_compatible("coldstart")
     settings = config.replay
     split = trained.split(settings.start)

@@ -100,7 +100,8 @@ class Steps:
 def sample_users(config: PipelineConfig, rows: pd.DataFrame) -> list[SampleUser]:
     """The first test users of the rerank, their top 5 and why (`metarec.meta.explain`)."""
     remote_code = config.train.model.backbone.trust_remote_code
-    trained = TrainedRun(config.train.output_dir, config.train.data, remote_code)
+    device = config.train.distributed.device
+    trained = TrainedRun(config.train.output_dir, config.train.data, remote_code, device)
     method, dataset = trained.recommender(), trained.dataset
     split = trained.split(config.rerank_support_size)
     index_of = dataset.item_positions()
@@ -127,6 +128,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
     run_dir = config.train.output_dir
     data = config.train.data
     remote_code = config.train.model.backbone.trust_remote_code  # as the command line allowed
+    device = config.train.distributed.device  # as the command line chose (--device)
     steps = Steps()
 
     with steps("data check"):
@@ -146,7 +148,12 @@ def run_pipeline(config: PipelineConfig) -> dict:
     with steps("FAISS index"):
         build_catalogue_index(
             IndexBuildConfig(
-                run_dir / "index", config.index, run_dir, data, trust_remote_code=remote_code
+                run_dir / "index",
+                config.index,
+                run_dir,
+                data,
+                trust_remote_code=remote_code,
+                device=device,
             )
         )
     results = {}
@@ -162,7 +169,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
                     data=data, protocol=protocol, methods=methods,
                     hyperparameters=config.hyperparameters,
                     bootstrap_resamples=config.bootstrap_resamples, checkpoint=run_dir,
-                    trust_remote_code=remote_code,
+                    trust_remote_code=remote_code, device=device,
                 )
             )  # fmt: skip
             results[support] = evaluation.summary
@@ -173,6 +180,7 @@ def run_pipeline(config: PipelineConfig) -> dict:
         rerank = RerankConfig(
             run=run_dir, index=run_dir / "index", output_dir=run_dir / "rerank", data=data,
             support_size=config.rerank_support_size, trust_remote_code=remote_code,
+            device=device,
         )  # fmt: skip
         manifest = run_rerank(rerank)
         rows = ShardStore(

@@ -106,7 +106,8 @@ def reptile_surrogate(start: FastWeights, adapted: FastWeights) -> torch.Tensor:
     Its gradient is φ₀ − mean_u φ_u. Written as a mean over users (not ½‖φ₀ − mean_u φ_u‖²,
     which has the same gradient) so that users sharded over ranks average correctly.
     """
-    total = torch.zeros(())
+    first_a, _ = next(iter(start.values()))
+    total = torch.zeros((), device=first_a.device)
     for name, (start_a, start_b) in start.items():
         adapted_a, adapted_b = adapted[name]
         total = total + 0.5 * ((start_a - adapted_a.detach()) ** 2).sum(dim=(1, 2)).mean()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from metarec.data.episodes import collate
+from metarec.device import model_device, to_numpy
 from metarec.errors import ConfigError
 from metarec.eval.metrics import metrics_at_k, relevant_ranks
 from metarec.meta.algorithms import inner_loop_settings
@@ -61,7 +62,9 @@ def _adapted(
     """Fast weights after ``steps`` support steps on (U, T) ``histories`` from ``start``
     (None: the meta-learned initialisation), the inner learning rate times ``lr_scale``."""
     model = method.model
-    batch = collate(list(histories), [np.empty(0, dtype=np.int64)] * len(histories))
+    batch = collate(
+        list(histories), [np.empty(0, dtype=np.int64)] * len(histories), model_device(model)
+    )
     if start is None:
         start = initial_fast_weights(model.lora_layers, len(histories))
     else:
@@ -86,9 +89,11 @@ def _next_item_ranks(
     the last ``max_len`` items)."""
     model = method.model
     recent = histories[:, -model.config.max_len :]
-    batch = collate(list(recent), [np.empty(0, dtype=np.int64)] * len(histories))
+    batch = collate(
+        list(recent), [np.empty(0, dtype=np.int64)] * len(histories), model_device(model)
+    )
     with torch.no_grad():
-        scores = model.scores(last_states(model, batch, fast)).float().numpy()
+        scores = to_numpy(model.scores(last_states(model, batch, fast)))
     excluded = np.zeros(scores.shape, dtype=bool)
     np.put_along_axis(excluded, histories, True, axis=1)
     return relevant_ranks(scores, targets[:, None], excluded)[:, 0]

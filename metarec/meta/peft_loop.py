@@ -18,6 +18,7 @@ import torch
 from peft import PeftModel, set_peft_model_state_dict
 from safetensors.torch import load_file
 
+from metarec.device import model_device, to_numpy
 from metarec.errors import ConfigError
 from metarec.meta.algorithms import MetaConfig
 from metarec.meta.losses import next_item_losses
@@ -48,18 +49,20 @@ class PeftUserLoop:
 
     def _states(self, history: torch.Tensor) -> torch.Tensor:
         """(1, T, item_dim) states of one user's (T,) history."""
-        return self.model.states(history[None], torch.tensor([len(history)]))
+        lengths = torch.tensor([len(history)], device=history.device)
+        return self.model.states(history[None], lengths)
 
     def adapted_state(self, history: np.ndarray, inner_steps: int) -> torch.Tensor:
         """(item_dim,) state after the (T,) ``history``, once adapted to it from the adapter."""
         set_peft_model_state_dict(self.peft, load_file(str(self.adapter_file)))
-        items = torch.tensor(history)
+        items = torch.tensor(history, device=model_device(self.model))
         start = [p.detach().clone() for p in self.adapter]
         optimizer = torch.optim.SGD(self.adapter, lr=self.meta.inner_lr)
         for _ in range(inner_steps):
             optimizer.zero_grad()
             scores = self.model.scores(self._states(items))
-            loss = next_item_losses(scores, items[None], torch.tensor([len(items)])).sum()
+            lengths = torch.tensor([len(items)], device=items.device)
+            loss = next_item_losses(scores, items[None], lengths).sum()
             if self.meta.properties.proximal:  # λ·½‖φ − φ₀‖², as the batched inner loop
                 distance = sum(
                     ((p - s) ** 2).sum() for p, s in zip(self.adapter, start, strict=True)
@@ -73,5 +76,5 @@ class PeftUserLoop:
     def scores(self, state: torch.Tensor, candidates: np.ndarray) -> np.ndarray:
         """(C,) scores of item indices ``candidates`` for an adapted ``state``."""
         with torch.no_grad():
-            vectors = self.model.item_vectors(torch.from_numpy(candidates))
-            return (vectors @ state).float().numpy()
+            rows = torch.from_numpy(candidates).to(state.device)
+            return to_numpy(self.model.item_vectors(rows) @ state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from metarec.data.episodes import EpisodeBatch
+from metarec.device import to_numpy
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, inner_loop_settings
 from metarec.meta.inner_loop import LossFn, adapt
 from metarec.meta.losses import next_item_losses, query_losses
@@ -21,7 +22,7 @@ def last_states(model: UserModel, batch: EpisodeBatch, fast: FastWeights) -> tor
     """(U, item_dim) state after each user's last support item, under fast weights."""
     with bind_fast_weights(model.lora_layers, fast):
         states = model.states(batch.support, batch.support_lengths)
-    return states[torch.arange(len(states)), batch.support_lengths - 1]
+    return states[torch.arange(len(states), device=states.device), batch.support_lengths - 1]
 
 
 def support_loss_fn(model: UserModel, batch: EpisodeBatch) -> LossFn:
@@ -66,13 +67,13 @@ def episode_losses(
     excluded = batch.support_excluded(model.id_embedding.num_embeddings)
     start = initial_fast_weights(model.lora_layers, len(batch.support))
     adapted = adapt_batch(model, batch, meta, rates, meta.inner_steps)
-    losses = {}
+    means = {}
     with torch.no_grad():
         for label, fast in (("before", start), ("after", adapted)):
-            losses[f"support_loss_{label}"] = support_loss_fn(model, batch)(fast).mean().item()
-            query = query_loss_fn(model, batch, excluded)(fast)
-            losses[f"query_loss_{label}"] = query.mean().item()
-    return losses
+            means[f"support_loss_{label}"] = support_loss_fn(model, batch)(fast).mean()
+            means[f"query_loss_{label}"] = query_loss_fn(model, batch, excluded)(fast).mean()
+    values = to_numpy(torch.stack(list(means.values())))  # one copy to the host
+    return {name: float(value) for name, value in zip(means, values, strict=True)}
 
 
 def adapted_states(

@@ -10,10 +10,10 @@ Training happens in ``metarec train``; a run is loaded by `metarec.trained_run.T
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from metarec.data.episodes import collate
 from metarec.data.splits import UserCase
+from metarec.device import model_device, to_numpy
 from metarec.errors import MetarecError
 from metarec.eval.recommender import Recommender
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates
@@ -44,11 +44,12 @@ class LLMRecommender(Recommender):
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
         """Adapt on, then score from, each history's most recent ``max_len`` items."""
         max_len = self.model.config.max_len
+        device = model_device(self.model)
         chunks = []
         with self.model.frozen_item_vectors():
             for start in range(0, len(histories), self.batch_size):
                 part = [h[-max_len:] for h in histories[start : start + self.batch_size]]
-                batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part))
+                batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part), device)
                 scores = adapted_scores(self.model, batch, self.meta, self.rates, self.inner_steps)
-                chunks.append(scores.to(torch.float32).numpy())
+                chunks.append(to_numpy(scores))
         return np.concatenate(chunks)
