@@ -4,7 +4,8 @@
 
 Vectors are encoded ``chunk_rows`` items at a time into a memory-mapped ``.npy`` beside
 the output, so a catalogue larger than RAM never has to be held whole; the index is then
-built from that file (`retrieval.index.build_index`) and the file removed. The index is
+built from that file (`retrieval.index.build_index_on`, on the job's GPU when FAISS can
+use it, saved as a CPU index whatever the device) and the file removed. The index is
 tagged with the run's fingerprint (`metarec.trained_run.TrainedRun.fingerprint`: its
 weight files, adapter included, and the items table), and jobs that query it with
 another run, or a run changed since, are refused.
@@ -36,7 +37,7 @@ from metarec.options import (
     from_args,
 )
 from metarec.trained_run import TrainedRun
-from retrieval.index import KINDS, IndexConfig, build_index, save_index
+from retrieval.index import KINDS, IndexConfig, build_index_on, save_index
 
 
 def encode_catalogue(model: UserModel, path: Path, chunk_rows: int = 65536) -> np.ndarray:
@@ -67,7 +68,9 @@ class IndexBuildConfig:
     encoder: str = "external"  # names the vectors' encoder when they come from a file
     chunk_rows: int = 65536
     trust_remote_code: bool = False  # let the run's backbone run code from its model folder
-    device: str = "cpu"  # where the item side encodes (--device, resolved by config_from_args)
+    # where the item side encodes and FAISS trains/adds when it can (--device, resolved by
+    # config_from_args); the folder always holds the CPU form of the index
+    device: str = "cpu"
 
 
 def _file_vectors(config: IndexBuildConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +100,7 @@ def build_catalogue_index(config: IndexBuildConfig) -> dict:
         raise ConfigError("index build: give a run (--checkpoint) or --vectors, not both")
     if config.run is None:
         vectors, item_ids = _file_vectors(config)
-        index = build_index(vectors, config.index, config.chunk_rows)
+        index, built_on = build_index_on(vectors, config.index, config.device, config.chunk_rows)
         encoder = config.encoder
     else:
         run = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
@@ -106,12 +109,19 @@ def build_catalogue_index(config: IndexBuildConfig) -> dict:
         scratch = config.output.with_name(f".{config.output.name}.vectors.npy")
         try:
             vectors = encode_catalogue(run.model, scratch, config.chunk_rows)
-            index = build_index(vectors, config.index, config.chunk_rows)
+            index, built_on = build_index_on(
+                vectors, config.index, config.device, config.chunk_rows
+            )
         finally:
             scratch.unlink(missing_ok=True)
         item_ids = np.arange(run.dataset.n_items, dtype=np.int64)
-    save_index(config.output, index, item_ids, config.index, encoder)
-    return {"output": str(config.output), "items": int(index.ntotal), "encoder": encoder}
+    save_index(config.output, index, item_ids, config.index, encoder)  # always the CPU form
+    return {
+        "output": str(config.output),
+        "items": int(index.ntotal),
+        "encoder": encoder,
+        "built_on": built_on,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,9 +12,14 @@ that was truncated, edited, or built for another encoder never answers queries.
 
 Vectors may be a memory-mapped ``.npy`` larger than RAM: quantisers train on a sample
 and rows are added chunk by chunk (only an ``ivfpq`` index is then smaller than the
-vectors). With GPUs (``faiss.get_num_gpus() > 0``) the index is sharded over all of them
-(each holds a slice of the rows; a search merges their answers) and moved back to the
-CPU to be saved; otherwise everything runs on the CPU.
+vectors).
+
+Devices: building and loading take the job's device (``"cpu"`` or ``"cuda:N"``, from
+``--device``). `place_index` puts an index on GPU ``N`` when the device asks for one, the
+FAISS build has GPU support (``faiss-gpu``, seeing a GPU) and the kind has a GPU version
+(flat, ivf, ivfpq; not hnsw); otherwise it stays on the CPU and the placement records why.
+A build trains and adds where it was placed and hands back the CPU form, so a saved folder
+is always a CPU index and loads anywhere.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -31,6 +37,7 @@ from metarec.errors import ConfigError, MetarecError
 from metarec.hashing import sha256_of
 
 KINDS = ("flat", "ivf", "ivfpq", "hnsw")
+GPU_KINDS = ("flat", "ivf", "ivfpq")  # FAISS has no GPU HNSW
 
 
 @dataclass
@@ -60,10 +67,60 @@ def _checked_rows(vectors: np.ndarray, start: int, stop: int) -> np.ndarray:
     return rows
 
 
-def build_index(vectors: np.ndarray, config: IndexConfig, chunk_rows: int = 65536) -> faiss.Index:
-    """An inner-product index over ``vectors`` (N, d), trained if the kind needs it.
+@dataclass
+class Placement:
+    """An index on the device it searches on, and why it is there."""
 
-    ``vectors`` may be a memory map: it is read ``chunk_rows`` rows at a time.
+    index: faiss.Index
+    where: str  # "cuda:N", "cpu", or "cpu (<why not the GPU asked for>)"
+    resources: Any = None  # the GPU's faiss.StandardGpuResources, kept alive with the index
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.resources is not None
+
+
+def place_index(index: faiss.Index, kind: str, device: str) -> Placement:
+    """The CPU ``index`` of ``kind`` placed on ``device`` (``"cpu"`` or ``"cuda:N"``).
+
+    On GPU ``N`` when FAISS can put it there; otherwise ``index`` itself, unchanged, with the
+    reason in `Placement.where`.
+    """
+    kind_of_device, _, number = device.partition(":")
+    if kind_of_device != "cuda":
+        return Placement(index, "cpu")
+    if not hasattr(faiss, "StandardGpuResources"):
+        return Placement(index, "cpu (faiss-gpu not installed)")
+    if faiss.get_num_gpus() == 0:
+        return Placement(index, "cpu (FAISS sees no GPU)")
+    if kind not in GPU_KINDS:
+        return Placement(index, f"cpu ({kind} has no GPU version)")
+    gpu = int(number or 0)
+    resources = faiss.StandardGpuResources()
+    try:
+        placed = faiss.index_cpu_to_gpu(resources, gpu, index)
+    except RuntimeError as err:  # e.g. an ivfpq code size the GPU kernels lack
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        return Placement(index, f"cpu (FAISS GPU refused this {kind} index: {reason})")
+    return Placement(placed, f"cuda:{gpu}", resources)
+
+
+def build_index(
+    vectors: np.ndarray, config: IndexConfig, chunk_rows: int = 65536, device: str = "cpu"
+) -> faiss.Index:
+    """An inner-product index over ``vectors`` (N, d), trained if the kind needs it; always
+    the CPU form, whatever ``device`` it was trained and filled on (`build_index_on`)."""
+    return build_index_on(vectors, config, device, chunk_rows)[0]
+
+
+def build_index_on(
+    vectors: np.ndarray, config: IndexConfig, device: str = "cpu", chunk_rows: int = 65536
+) -> tuple[faiss.Index, str]:
+    """`build_index`, and where it was built (`Placement.where`).
+
+    ``vectors`` may be a memory map: it is read ``chunk_rows`` rows at a time. The empty
+    index is placed on ``device`` (`place_index`) before training and adding; one built on
+    a GPU is copied back to the CPU (``faiss.index_gpu_to_cpu``) before it is returned.
     """
     if vectors.ndim != 2 or len(vectors) == 0:
         raise MetarecError(f"item vectors of shape {vectors.shape}: expected a non-empty (N, d)")
@@ -85,20 +142,20 @@ def build_index(vectors: np.ndarray, config: IndexConfig, chunk_rows: int = 6553
                 quantizer, dimension, nlist, config.pq_m, config.pq_bits,
                 faiss.METRIC_INNER_PRODUCT,
             )  # fmt: skip
+        index.nprobe = config.nprobe
+    placement = place_index(index, config.kind, device)
+    if not index.is_trained:
         rng = np.random.default_rng(config.seed)
         sample_rows = np.sort(rng.choice(n, size=min(config.train_size, n), replace=False))
         sample = np.ascontiguousarray(vectors[sample_rows], dtype=np.float32)
         if not np.isfinite(sample).all():
             raise MetarecError("item vectors hold NaN or infinite values")
-        index.train(sample)
-        index.nprobe = config.nprobe
-    if faiss.get_num_gpus() > 0 and config.kind != "hnsw":  # FAISS has no GPU HNSW
-        options = faiss.GpuMultipleClonerOptions()
-        options.shard = True
-        index = faiss.index_cpu_to_all_gpus(index, co=options)
+        placement.index.train(sample)
     for start in range(0, n, chunk_rows):
-        index.add(_checked_rows(vectors, start, start + chunk_rows))
-    return index
+        placement.index.add(_checked_rows(vectors, start, start + chunk_rows))
+    if placement.on_gpu:
+        return faiss.index_gpu_to_cpu(placement.index), placement.where
+    return placement.index, placement.where
 
 
 def save_index(
@@ -108,10 +165,14 @@ def save_index(
     config: IndexConfig,
     encoder: str,
 ) -> None:
-    """Write ``folder`` atomically: index, row -> item id map and checked metadata."""
+    """Write ``folder`` atomically: index, row -> item id map and checked metadata.
+
+    The folder always holds a CPU index (`build_index` returns one; a GPU index handed in
+    is copied to the CPU first), so it loads on any machine.
+    """
     if len(item_ids) != index.ntotal:
         raise MetarecError(f"{len(item_ids)} item ids for an index of {index.ntotal} rows")
-    if faiss.get_num_gpus() > 0 and config.kind != "hnsw":  # built on GPU: save a CPU copy
+    if hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex):
         index = faiss.index_gpu_to_cpu(index)
     with atomic_dir(folder) as staging:
         faiss.write_index(index, str(staging / "index.faiss"))
@@ -129,9 +190,11 @@ def save_index(
 
 @dataclass
 class LoadedIndex:
-    index: faiss.Index
+    index: faiss.Index  # on `placement` (a GPU index when that is "cuda:N")
     item_ids: np.ndarray
     metadata: dict
+    placement: str = "cpu"  # where searches run: "cuda:N", "cpu" or "cpu (<why not GPU>)"
+    gpu_resources: Any = None  # the GPU index's faiss.StandardGpuResources, kept alive here
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` item ids (Q, k) and scores (Q, k) for ``queries`` (Q, d); -1 = no item."""
@@ -145,8 +208,9 @@ class LoadedIndex:
         return ids, scores
 
 
-def load_index(folder: Path, encoder: str | None = None) -> LoadedIndex:
-    """Load an index folder, refusing any file or field that does not match the metadata."""
+def load_index(folder: Path, encoder: str | None = None, device: str = "cpu") -> LoadedIndex:
+    """Load an index folder, refusing any file or field that does not match the metadata,
+    and place it on ``device`` (`place_index`: a GPU when FAISS can, else the CPU)."""
     try:
         metadata = json.loads((folder / "metadata.json").read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -184,4 +248,5 @@ def load_index(folder: Path, encoder: str | None = None) -> LoadedIndex:
         index.nprobe = config.nprobe
     if config.kind == "hnsw":
         index.hnsw.efSearch = config.ef_search
-    return LoadedIndex(index, item_ids, metadata)
+    placement = place_index(index, config.kind, device)  # the cloner carries nprobe over
+    return LoadedIndex(placement.index, item_ids, metadata, placement.where, placement.resources)

@@ -224,7 +224,7 @@ def run_rerank(config: RerankConfig) -> dict:
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     run = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
     method, dataset, fingerprint = run.recommender(config.inner_steps), run.dataset, run.fingerprint
-    index = load_index(config.index, encoder=fingerprint)
+    index = load_index(config.index, encoder=fingerprint, device=config.device)
     if config.histories is not None:
         inputs = file_inputs(config.histories, dataset)
         source = {"histories": str(config.histories), "sha256": sha256_of(config.histories)}

@@ -48,12 +48,12 @@ class SearchConfig:
     k: int = 10
     output: Path | None = None  # answers as JSON
     trust_remote_code: bool = False
-    device: str = "cpu"  # where the model computes (--device, resolved by config_from_args)
+    device: str = "cpu"  # where the model computes and FAISS searches when it can (--device)
 
 
 def vector_answers(config: SearchConfig) -> list[list[dict]]:
     """The index's top ``k`` item ids and scores for each query vector of the file."""
-    index = load_index(config.index)
+    index = load_index(config.index, device=config.device)
     try:
         queries = np.load(config.queries, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -70,7 +70,7 @@ def history_answer(config: SearchConfig) -> list[dict]:
     if not config.history:
         raise MetarecError("index search --checkpoint needs --history ITEM,ITEM,...")
     run = TrainedRun(config.run, config.data, config.trust_remote_code, config.device)
-    index = load_index(config.index, encoder=run.fingerprint)
+    index = load_index(config.index, encoder=run.fingerprint, device=config.device)
     dataset = run.dataset
     history = history_indices(dataset, config.history)
     method = run.recommender()
