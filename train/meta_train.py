@@ -47,6 +47,7 @@ from metarec.distributed.engine import (
     build_engine,
     init_process_group,
     rank_micro_batches,
+    refuse_unsupported,
 )
 from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
@@ -79,7 +80,13 @@ class MetaTrainRecipe:
 
     def setup(self) -> None:
         config = self.config
+        # what the engine cannot run is refused before any data is read
+        properties = config.meta.properties
+        refuse_unsupported(config.distributed, config.meta.algorithm, properties.second_order)
         init_process_group(config.distributed, self.launched_world_size)
+        self.shared_output_checked = False
+        if config.state_every > 0:
+            self.require_shared_output_dir()
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         dataset = load_dataset(config.data)
@@ -87,7 +94,7 @@ class MetaTrainRecipe:
         self.item_text = dataset.item_text
         self.dataset_fingerprint = dataset.fingerprint()
         self.split = run_split(config, dataset, config.valid_support_size)
-        if config.meta.properties.second_order:
+        if properties.second_order:
             config.model.backbone.attention = "eager"  # SDPA on CPU has no double backward
         self.device = torch.device(config.distributed.device)
         self.model = UserModel.build(
@@ -354,6 +361,7 @@ class MetaTrainRecipe:
 
     def resume(self) -> bool:
         """Continue from the newest whole state under ``<output_dir>/state``, if any."""
+        self.require_shared_output_dir()
         found = state.latest_state(self.config.output_dir / "state", self.report)
         if found is None:
             return False
@@ -371,6 +379,12 @@ class MetaTrainRecipe:
         self.best = client["best"]
         self.report(f"resumed from {folder} (step {self.step})")
         return True
+
+    def require_shared_output_dir(self) -> None:
+        """With several ranks, resumable states need an output dir every rank sees (once)."""
+        if not self.shared_output_checked:
+            state.require_shared_output_dir(self.config.output_dir)
+            self.shared_output_checked = True
 
     def report(self, message: str) -> None:
         if self.is_main:

@@ -15,7 +15,12 @@ returns the objective averaged over all ranks. Two implementations behind one in
   registered as the module's external parameters.
 
 Resumable state (`save_state` / `load_state`) is model + optimiser for exact resumption;
-the recipe adds the data position and RNG states.
+the recipe adds the data position and RNG states. The plain engine's state is written once,
+by rank 0 (every rank holds the same weights and Adam state); DeepSpeed's is written by every
+rank, each its own shards.
+
+`refuse_unsupported` turns away, before any work, what an engine cannot run (second-order
+meta-gradients under ZeRO-3).
 """
 
 from __future__ import annotations
@@ -85,6 +90,28 @@ class MetaStep(Protocol):
     def parameters(self) -> Iterator[nn.Parameter]: ...
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
+
+
+def _zero3_second_order(algorithm: str) -> str:
+    return (
+        f"meta.algorithm={algorithm} under ZeRO-3: second-order "
+        "meta-gradients differentiate the inner gradients again after ZeRO-3 has "
+        "released the layer weights; use ZeRO-2 or a first-order algorithm "
+        "(fomaml, reptile, proximal)"
+    )
+
+
+def refuse_unsupported(config: DistributedConfig, algorithm: str, second_order: bool) -> None:
+    """Raise `ConfigError` if the engine ``config`` asks for cannot run ``algorithm``.
+
+    Called by the recipe before it loads data or joins a process group, so a refused run
+    fails at once with one line; today the only refusal is second order under ZeRO-3.
+    """
+    if config.deepspeed_config is None or not second_order:
+        return
+    zero = load_ds_config(config.deepspeed_config).get("zero_optimization", {})
+    if isinstance(zero, dict) and zero.get("stage", 0) == 3:
+        raise ConfigError(_zero3_second_order(algorithm))
 
 
 def init_process_group(config: DistributedConfig, launched_world_size: int) -> None:
@@ -164,7 +191,13 @@ class LocalEngine:
         yield
 
     def save_state(self, folder: Path) -> None:
-        """Trainable weights (safetensors) and Adam state (tensors only) into ``folder``."""
+        """Trainable weights (safetensors) and Adam state (tensors only) into ``folder``.
+
+        Rank 0 alone writes them: after each step's gradient all-reduce every rank holds the
+        same weights and Adam state, and every rank reads these files back on resume.
+        """
+        if self.rank != 0:
+            return
         weights = {name: p.detach().contiguous() for name, p in self.trainable.items()}
         save_file(weights, str(folder / "trainable.safetensors"))
         torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
@@ -211,12 +244,7 @@ class DeepSpeedEngine:
         self.stage = ds_config.get("zero_optimization", {}).get("stage", 0)
         self.gathers_weights = self.stage == 3  # see `gathered`
         if self.stage == 3 and module.second_order:
-            raise ConfigError(
-                f"meta.algorithm={module.algorithm} under ZeRO-3: second-order "
-                "meta-gradients differentiate the inner gradients again after ZeRO-3 has "
-                "released the layer weights; use ZeRO-2 or a first-order algorithm "
-                "(fomaml, reptile, proximal)"
-            )
+            raise ConfigError(_zero3_second_order(module.algorithm))
         self.module = module
         self.rank = dist.get_rank()
         self.world_size = world_size
