@@ -76,6 +76,21 @@ def from_args(config_class: type[T], args: argparse.Namespace, **given: Any) -> 
     return config_class(**{**options, **given})
 
 
+def job_config(
+    config_class: type[T], args: argparse.Namespace, env: Environment, **given: Any
+) -> T:
+    """`from_args`, plus the fields a job's config takes from the shared options when it has
+    them: ``run`` (``--checkpoint``), ``data`` (`add_data_options`) and ``device``."""
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    shared = {
+        "run": lambda: args.checkpoint,
+        "data": lambda: data_config(args, env),
+        "device": lambda: device_of(args, env),
+    }
+    filled = {name: value() for name, value in shared.items() if name in fields}
+    return from_args(config_class, args, **{**filled, **given})
+
+
 def int_list(text: str) -> list[int]:
     """An argparse type: ``"5,10,20"`` -> ``[5, 10, 20]``."""
     try:

@@ -32,9 +32,8 @@ from metarec.options import (
     add_device_option,
     add_remote_code_option,
     check_writable,
-    data_config,
-    device_of,
     from_args,
+    job_config,
 )
 from metarec.trained_run import TrainedRun
 from retrieval.index import KINDS, IndexConfig, build_index_on, save_index
@@ -146,14 +145,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> IndexBuildConfig:
-    return from_args(
-        IndexBuildConfig,
-        args,
-        index=from_args(IndexConfig, args),
-        run=args.checkpoint,
-        data=data_config(args, env),
-        device=device_of(args, env),
-    )
+    return job_config(IndexBuildConfig, args, env, index=from_args(IndexConfig, args))
 
 
 def run(config: IndexBuildConfig) -> None:

@@ -51,9 +51,7 @@ from metarec.options import (
     Environment,
     add_run_options,
     check_writable,
-    data_config,
-    device_of,
-    from_args,
+    job_config,
 )
 from metarec.trained_run import TrainedRun
 from retrieval.index import LoadedIndex, load_index
@@ -303,14 +301,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> RerankConfig:
-    return from_args(
-        RerankConfig,
-        args,
-        run=args.checkpoint,
-        data=data_config(args, env),
-        device=device_of(args, env),
-        launched_world_size=env.world_size,
-    )
+    return job_config(RerankConfig, args, env, launched_world_size=env.world_size)
 
 
 def run(config: RerankConfig) -> None:

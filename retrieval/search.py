@@ -25,11 +25,9 @@ from metarec.options import (
     add_device_option,
     add_remote_code_option,
     check_writable,
-    data_config,
-    device_of,
-    from_args,
     history_indices,
     int_list,
+    job_config,
 )
 from metarec.trained_run import TrainedRun
 from retrieval.index import load_index
@@ -96,13 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> SearchConfig:
-    return from_args(
-        SearchConfig,
-        args,
-        run=args.checkpoint,
-        data=data_config(args, env),
-        device=device_of(args, env),
-    )
+    return job_config(SearchConfig, args, env)
 
 
 def run(config: SearchConfig) -> None:

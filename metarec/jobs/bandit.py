@@ -20,9 +20,8 @@ from metarec.options import (
     Environment,
     add_run_options,
     check_writable,
-    data_config,
-    device_of,
     from_args,
+    job_config,
 )
 from metarec.rl.bandit import BanditConfig, compare_policies
 from metarec.trained_run import TrainedRun
@@ -55,14 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> BanditJobConfig:
-    return from_args(
-        BanditJobConfig,
-        args,
-        run=args.checkpoint,
-        bandit=from_args(BanditConfig, args),
-        data=data_config(args, env),
-        device=device_of(args, env),
-    )
+    return job_config(BanditJobConfig, args, env, bandit=from_args(BanditConfig, args))
 
 
 def run(config: BanditJobConfig) -> None:

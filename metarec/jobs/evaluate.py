@@ -41,10 +41,9 @@ from metarec.options import (
     add_device_option,
     add_remote_code_option,
     check_writable,
-    data_config,
-    device_of,
     from_args,
     int_list,
+    job_config,
     name_list,
 )
 from metarec.trained_run import TrainedRun
@@ -246,14 +245,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> EvaluateConfig:
-    return from_args(
+    return job_config(
         EvaluateConfig,
         args,
-        data=data_config(args, env),
+        env,
         protocol=from_args(ProtocolConfig, args, name=args.protocol, ks=args.k),
         methods=name_list(args.methods),
         hyperparameters=load_yaml(args.baselines_config),
-        device=device_of(args, env),
     )
 
 

@@ -24,11 +24,9 @@ from metarec.options import (
     Environment,
     add_run_options,
     check_writable,
-    data_config,
-    device_of,
-    from_args,
     history_indices,
     int_list,
+    job_config,
 )
 from metarec.trained_run import TrainedRun
 
@@ -58,13 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> ExplainConfig:
-    return from_args(
-        ExplainConfig,
-        args,
-        run=args.checkpoint,
-        data=data_config(args, env),
-        device=device_of(args, env),
-    )
+    return job_config(ExplainConfig, args, env)
 
 
 def run(config: ExplainConfig) -> None:

@@ -19,9 +19,8 @@ from metarec.options import (
     Environment,
     add_run_options,
     check_writable,
-    data_config,
-    device_of,
     from_args,
+    job_config,
     name_list,
 )
 from metarec.trained_run import TrainedRun
@@ -56,14 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, env: Environment) -> OnlineJobConfig:
-    return from_args(
+    return job_config(
         OnlineJobConfig,
         args,
-        run=args.checkpoint,
+        env,
         replay=from_args(OnlineConfig, args),
-        data=data_config(args, env),
         strategies=name_list(args.strategies),
-        device=device_of(args, env),
     )
 
 
