@@ -20,18 +20,9 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from gpu_common import clustered
 
 from retrieval.index import IndexConfig, build_index
-
-
-def clustered(n: int, centres: np.ndarray, spread: float, rng: np.random.Generator) -> np.ndarray:
-    """(n, d) float32 points around randomly chosen ``centres`` (C, d)."""
-    points = np.empty((n, centres.shape[1]), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        size = min(100_000, n - start)
-        chosen = centres[rng.integers(0, len(centres), size)]
-        points[start : start + size] = chosen + spread * rng.standard_normal(chosen.shape)
-    return points
 
 
 def timed_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:

@@ -245,8 +245,8 @@ def adapt_and_score(
 
 
 def clustered(n: int, centres: np.ndarray, spread: float, rng: np.random.Generator) -> np.ndarray:
-    """(n, d) float32 points around randomly chosen ``centres`` (C, d), as
-    bench/faiss_retrieval.py draws them (here without importing FAISS)."""
+    """(n, d) float32 points around randomly chosen ``centres`` (C, d): the clustered catalogue
+    of bench/faiss_retrieval.py and bench/gpu_check.py (no FAISS import here)."""
     points = np.empty((n, centres.shape[1]), dtype=np.float32)
     for start in range(0, n, 100_000):
         size = min(100_000, n - start)
