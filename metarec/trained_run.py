@@ -205,14 +205,18 @@ class TrainedRun:
                 f"evaluated on {' or '.join(allowed)}, not {protocol} (whose test users it "
                 "trained on)"
             )
-        differences = _data_differences(trained.data, self.data)
+        if self.trained_data is None:  # saved before checkpoints recorded their data
+            differences = _data_differences(trained.data, self.data)
+        else:  # the content decides: the same data read from another path is the same data
+            given = self.dataset.fingerprint()["interactions"]
+            recorded = self.trained_data["interactions"]
+            differences = (
+                []
+                if recorded == given
+                else [f"interactions fingerprint {recorded} (given {given})"]
+            )
         if trained.protocol == "coldstart" and split_seed not in (None, trained.split_seed):
             differences.append(f"split seed {trained.split_seed} (given {split_seed})")
-        given = self.dataset.fingerprint()["interactions"]
-        if self.trained_data and self.trained_data["interactions"] != given:
-            differences.append(
-                f"interactions fingerprint {self.trained_data['interactions']} (given {given})"
-            )
         if differences:
             raise ConfigError(
                 f"{self.folder}: trained on other data or another split: "

@@ -100,6 +100,11 @@ def test_other_data_and_another_split_seed_are_refused(trained_run, tmp_path):
     folder, data, _ = trained_run
     with pytest.raises(MetarecError, match=r"split seed 0 \(given 1\)"):
         TrainedRun(folder / "run", data).check_compatible("coldstart", split_seed=1)
+    # the same file under another path is the same data: its content decides
+    shutil.copy(data.interactions, tmp_path / "moved.csv")
+    TrainedRun(folder / "run", replace(data, interactions=tmp_path / "moved.csv")).check_compatible(
+        "coldstart"
+    )
     # the same items, one interaction fewer: other interactions, other users' histories
     interactions = pd.read_csv(data.interactions)
     interactions.iloc[:-1].to_csv(tmp_path / "interactions.csv", index=False)
