@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data prepare": ("metarec.jobs.data_prepare", "validate, preprocess and cache a dataset"),
     "evaluate": ("metarec.jobs.evaluate", "evaluate methods on a protocol"),
     "train": ("train.meta_train", "meta-train the LLM user model's LoRA init"),
+    "tune-baselines": (
+        "metarec.jobs.tune_baselines",
+        "search the classical baselines' hyper-parameters on validation users",
+    ),
     "pipeline": (
         "metarec.jobs.pipeline",
         "the main job end to end: data, encoding, training, index, evaluation, rerank, report",
