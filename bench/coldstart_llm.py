@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--baselines", default="pop,itemknn,ease,sasrec")
+    parser.add_argument("--baselines-config", help="baselines YAML, e.g. tune-baselines output")
     parser.add_argument("--supports", default="5,10,20")
     parser.add_argument("--split-seeds", default="0", help="comma-separated, one run each")
     parser.add_argument("--protocols", default="coldstart,sampled")
@@ -115,6 +116,8 @@ def main() -> None:
     baselines = [name for name in args.baselines.split(",") if name]
     methods = baselines + LLM_METHODS
     overrides = [flag for assignment in args.set for flag in ("--set", assignment)]
+    tuned = args.baselines_config
+    baselines_config = ["--baselines-config", tuned] if tuned else []
     seconds: dict[str, float] = {}
     results: dict[str, dict] = {}
     protocols = args.protocols.split(",")
@@ -132,7 +135,7 @@ def main() -> None:
             timed(f"seed {seed}: evaluate support {support}", ["evaluate", "--protocol",
                   "coldstart", "--support-size", support, "--split-seed", seed, "--methods",
                   ",".join(methods), "--checkpoint", str(run), "--output", str(output),
-                  "--per-user-output", str(users)], seconds)  # fmt: skip
+                  "--per-user-output", str(users), *baselines_config], seconds)  # fmt: skip
             results[f"seed_{seed}_support_{support}"] = json.loads(output.read_text())
             per_user[f"support {support}"].append(pd.read_parquet(users).assign(seed=int(seed)))
     pooled = {name: pd.concat(frames) for name, frames in per_user.items() if frames}

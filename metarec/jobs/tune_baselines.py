@@ -117,6 +117,7 @@ def tune_method(
 ) -> tuple[dict[str, Any], list[dict]]:
     """The best section for ``name`` after ``config.trials`` TPE trials, and every trial."""
     base = dict(config.hyperparameters.get(name) or {})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed)
     )
@@ -128,7 +129,6 @@ def tune_method(
         trials.append({"params": trial.params, f"valid_{OBJECTIVE}": score})
         return score
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=config.trials)
     best = {**base, **SEARCH_SPACES[name](optuna.trial.FixedTrial(study.best_params))}
     return best, trials
