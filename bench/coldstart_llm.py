@@ -11,6 +11,11 @@ over the seeds of each seed's mean (and each seed's figure); below it, meta-lora
 best other method: their ratio and a paired bootstrap 95% CI of meta-lora − best other, over
 the (seed, test user) pairs pooled across seeds.
 
+The baselines and the LLM methods are evaluated separately; a seed's baseline results already
+in ``--baselines-dir`` (``seed<S>/baselines_s<K>.parquet`` with every asked-for method) are
+reused, so settings of the LLM compared on the same seeds share one baselines evaluation
+(``--no-llm`` makes just that). The baselines are deterministic given their seeds.
+
 ``--protocols sampled`` trains a second run on the ``loo`` split (``--sampled-set`` overrides
 apply to it only) and adds the ``sampled`` table (hr@1 over 20 candidates). Prints Markdown
 and the wall time of every step.
@@ -39,6 +44,13 @@ def timed(step: str, argv: list[str], seconds: dict[str, float]) -> None:
     if metarec(argv) != 0:
         raise SystemExit(f"{step} failed: metarec {' '.join(argv)}")
     seconds[step] = time.perf_counter() - started
+
+
+def evaluated(per_user_file: Path, methods: list[str]) -> bool:
+    """Whether ``per_user_file`` exists and holds every one of ``methods``."""
+    if not per_user_file.is_file():
+        return False
+    return set(methods) <= set(pd.read_parquet(per_user_file, columns=["method"])["method"])
 
 
 def seed_means(per_user: pd.DataFrame) -> pd.DataFrame:
@@ -102,6 +114,15 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--baselines", default="pop,itemknn,ease,sasrec")
     parser.add_argument("--baselines-config", help="baselines YAML, e.g. tune-baselines output")
+    parser.add_argument(
+        "--baselines-dir",
+        type=Path,
+        help="where the baselines' per-seed results are (reused when there; default --run-dir): "
+        "runs of other LLM settings on the same seeds share one baselines evaluation",
+    )
+    parser.add_argument(
+        "--no-llm", dest="llm", action="store_false", help="the baselines only (no training)"
+    )
     parser.add_argument("--supports", default="5,10,20")
     parser.add_argument("--split-seeds", default="0", help="comma-separated, one run each")
     parser.add_argument("--protocols", default="coldstart,sampled")
@@ -114,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
 
     baselines = [name for name in args.baselines.split(",") if name]
-    methods = baselines + LLM_METHODS
+    methods = baselines + (LLM_METHODS if args.llm else [])
     overrides = [flag for assignment in args.set for flag in ("--set", assignment)]
     tuned = args.baselines_config
     baselines_config = ["--baselines-config", tuned] if tuned else []
@@ -127,25 +148,40 @@ def main() -> None:
     for seed in seeds if supports else []:
         seed_dir = args.run_dir / f"seed{seed}"
         run = seed_dir / "coldstart"
-        timed(f"seed {seed}: train", ["train", "--config", str(args.config), "--split-seed",
-              seed, "--output-dir", str(run), *overrides], seconds)  # fmt: skip
+        if args.llm:
+            timed(f"seed {seed}: train", ["train", "--config", str(args.config), "--split-seed",
+                  seed, "--output-dir", str(run), *overrides], seconds)  # fmt: skip
         for support in supports:
-            output = seed_dir / f"coldstart_s{support}.json"
-            users = seed_dir / f"coldstart_s{support}.parquet"
-            timed(f"seed {seed}: evaluate support {support}", ["evaluate", "--protocol",
-                  "coldstart", "--support-size", support, "--split-seed", seed, "--methods",
-                  ",".join(methods), "--checkpoint", str(run), "--output", str(output),
-                  "--per-user-output", str(users), *baselines_config], seconds)  # fmt: skip
-            results[f"seed_{seed}_support_{support}"] = json.loads(output.read_text())
-            per_user[f"support {support}"].append(pd.read_parquet(users).assign(seed=int(seed)))
+            protocol = ["--protocol", "coldstart", "--support-size", support, "--split-seed", seed]
+            parts = {
+                "baselines": (baselines, (args.baselines_dir or args.run_dir) / f"seed{seed}",
+                              baselines_config),
+                "llm": (LLM_METHODS if args.llm else [], seed_dir, ["--checkpoint", str(run)]),
+            }  # fmt: skip
+            for part, (names, folder, options) in parts.items():
+                output = folder / f"{part}_s{support}.json"
+                users = folder / f"{part}_s{support}.parquet"
+                if names and not (part == "baselines" and evaluated(users, names)):
+                    timed(f"seed {seed}: evaluate {part} support {support}", ["evaluate",
+                          *protocol, "--methods", ",".join(names), "--output", str(output),
+                          "--per-user-output", str(users), *options], seconds)  # fmt: skip
+                if names:
+                    results[f"seed_{seed}_support_{support}_{part}"] = json.loads(
+                        output.read_text()
+                    )
+                    per_user[f"support {support}"].append(
+                        pd.read_parquet(users).assign(seed=int(seed))
+                    )
     pooled = {name: pd.concat(frames) for name, frames in per_user.items() if frames}
     comparisons = {
         name: paired_comparison(frame, methods, args.bootstrap_resamples)
         for name, frame in pooled.items()
+        if args.llm
     }
     if pooled:
         print(f"split seeds {', '.join(seeds)}: mean over seeds (each seed's mean)\n")
         print(seeds_table(pooled, methods))
+    if comparisons:
         print()
         print(comparisons_table(comparisons))
     if "sampled" in protocols:
