@@ -43,7 +43,14 @@ from metarec.meta.algorithms import MetaConfig, MetaSGDRates
 from metarec.meta.recommender import LLMRecommender
 from metarec.models.user_model import UserModel, UserModelConfig
 
-TRAINING_PROTOCOLS = ("coldstart", "loo")
+# the protocols a run may train on, each with those it may be evaluated on: the ones whose
+# test users it held out, and whose held-out items (coldstart-items) it never trained on
+EVALUABLE_ON = {
+    "coldstart": ("coldstart",),
+    "coldstart-items": ("coldstart-items",),
+    "loo": ("loo", "sampled"),
+}
+TRAINING_PROTOCOLS = tuple(EVALUABLE_ON)
 
 
 @dataclass
@@ -54,8 +61,9 @@ class TrainConfig:
     model: UserModelConfig = field(default_factory=UserModelConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     # The users the model may train on: "coldstart" (meta-train users; evaluate on coldstart
-    # with the same split_seed) or "loo" (every user's history but its last two items;
-    # evaluate on loo or sampled).
+    # with the same split_seed), "coldstart-items" (the same users without the held-out
+    # items; evaluate on coldstart-items with the same split_seed) or "loo" (every user's
+    # history but its last two items; evaluate on loo or sampled).
     protocol: str = "coldstart"
     split_seed: int = 0
     support_sizes: list[int] = field(default_factory=lambda: [5, 10, 20])
@@ -94,7 +102,8 @@ class TrainConfig:
 
 def run_split(config: TrainConfig, dataset: Dataset, support_size: int) -> Split:
     """The split of a run trained with ``config``: its protocol, split seed and query size,
-    validation and test users each given their first ``support_size`` items (coldstart)."""
+    validation and test users each given their first ``support_size`` items (coldstart,
+    coldstart-items)."""
     protocol = ProtocolConfig(
         name=config.protocol,
         support_size=support_size,
@@ -112,6 +121,15 @@ def _data_differences(trained: DataConfig, given: DataConfig) -> list[str]:
         for name in fields
         if getattr(trained, name) != getattr(given, name)
     ]
+
+
+def _refusal_reason(trained: str, protocol: str) -> str:
+    """Why a run trained on the ``trained`` split may not be scored on ``protocol``."""
+    if trained == "coldstart" and protocol == "coldstart-items":
+        return "whose held-out items it trained on"
+    if trained == "coldstart-items" and protocol == "coldstart":
+        return "whose baselines train on the items it held out"
+    return "whose test users it trained on"
 
 
 class TrainedRun:
@@ -196,14 +214,15 @@ class TrainedRun:
 
     def check_compatible(self, protocol: str, split_seed: int | None = None) -> None:
         """Refuse to score users the run may have trained on: ``protocol``'s test users (of
-        ``split_seed``, default the run's) on the job's data must be ones it held out."""
+        ``split_seed``, default the run's) on the job's data must be ones it held out, and
+        coldstart-items' held-out items ones it never trained on."""
         trained = self.config
-        allowed = ("coldstart",) if trained.protocol == "coldstart" else ("loo", "sampled")
+        allowed = EVALUABLE_ON[trained.protocol]
         if protocol not in allowed:
             raise ConfigError(
                 f"{self.folder}: trained on the {trained.protocol} split, so it can be "
-                f"evaluated on {' or '.join(allowed)}, not {protocol} (whose test users it "
-                "trained on)"
+                f"evaluated on {' or '.join(allowed)}, not {protocol} "
+                f"({_refusal_reason(trained.protocol, protocol)})"
             )
         if self.trained_data is None:  # saved before checkpoints recorded their data
             differences = _data_differences(trained.data, self.data)
@@ -215,7 +234,8 @@ class TrainedRun:
                 if recorded == given
                 else [f"interactions fingerprint {recorded} (given {given})"]
             )
-        if trained.protocol == "coldstart" and split_seed not in (None, trained.split_seed):
+        seeded = trained.protocol in ("coldstart", "coldstart-items")
+        if seeded and split_seed not in (None, trained.split_seed):
             differences.append(f"split seed {trained.split_seed} (given {split_seed})")
         if differences:
             raise ConfigError(

@@ -103,13 +103,14 @@ class MetaTrainRecipe:
             config.data.cache_dir.expanduser(),
             self.split.train_sequences,
         ).to(self.device)
+        unranked = self.hold_out_items()
         self.rates = None  # built after the move: the rates live beside the LoRA weights
         if config.meta.properties.learned_rates:
             self.rates = MetaSGDRates(self.model.lora_layers, config.meta.inner_lr)
         if config.init_from is not None:
             self.load_initial_weights(config.init_from)
         self.stages = self.plan()
-        self.step_module = MetaStepModule(self.model, self.stages[0][1], self.rates)
+        self.step_module = MetaStepModule(self.model, self.stages[0][1], self.rates, unranked)
         if config.distributed.activation_checkpointing:
             enable_activation_checkpointing(self.model.backbone)
         first_lr = self.stages[0][3].outer_lr
@@ -129,6 +130,21 @@ class MetaTrainRecipe:
         self.position = {"stage": 0, "epoch": 0, "batch": 0, "stage_started": False}
         self.epoch_rng_state: dict | None = None  # set while an epoch is under way
         self.epoch_losses: list[float] = []
+
+    def hold_out_items(self) -> torch.Tensor | None:
+        """coldstart-items: zero the held-out items' id embeddings and return their (N,) bool
+        mask, which keeps them out of every training softmax, so they stay zero (None for
+        the other protocols). Zeroed here because the SVD start leaves rounding residue
+        (~1e-16) at items without interactions."""
+        held_out = self.split.held_out_items
+        if held_out is None:
+            return None
+        rows = torch.from_numpy(held_out).to(self.device)
+        with torch.no_grad():
+            self.model.id_embedding.weight[rows] = 0.0
+        unranked = torch.zeros(self.n_items, dtype=torch.bool, device=self.device)
+        unranked[rows] = True
+        return unranked
 
     def record_run(self) -> None:
         """``<output_dir>/run.json``: the resolved config, seeds, commit and package versions."""

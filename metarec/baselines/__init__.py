@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from metarec.baselines.content import Content, ContentConfig, TextVectors
 from metarec.baselines.ease import EASE, EASEConfig
 from metarec.baselines.itemknn import ItemKNN, ItemKNNConfig
 from metarec.baselines.pop import Pop, PopConfig
@@ -20,14 +21,18 @@ BASELINES: dict[str, tuple[type[Recommender], type]] = {
     "userknn": (UserKNN, UserKNNConfig),
     "ease": (EASE, EASEConfig),
     "sasrec": (SASRec, SASRecConfig),
+    "content": (Content, ContentConfig),
 }
+TEXT_BASELINES = ("content",)  # built with the catalogue's text vectors
 
 
-def build_baseline(name: str, hyperparameters: dict[str, Any]) -> Recommender:
+def build_baseline(
+    name: str, hyperparameters: dict[str, Any], text_vectors: TextVectors | None = None
+) -> Recommender:
     """A fresh baseline ``name`` configured from its section of the baselines YAML.
 
     A section naming no baseline is an error too (a typo there would silently fall
-    back to nothing).
+    back to nothing). ``text_vectors`` gives the text baselines their item vectors.
     """
     sections = [*BASELINES, "fusion"]  # fusion's members and grid (metarec.baselines.fusion)
     for section in hyperparameters:
@@ -38,4 +43,9 @@ def build_baseline(name: str, hyperparameters: dict[str, Any]) -> Recommender:
     if name not in BASELINES:
         raise ConfigError(f"unknown method '{name}'; known: {', '.join(BASELINES)}")
     model_class, config_class = BASELINES[name]
-    return model_class(from_mapping(config_class, hyperparameters.get(name), where=name))
+    config = from_mapping(config_class, hyperparameters.get(name), where=name)
+    if name not in TEXT_BASELINES:
+        return model_class(config)
+    if text_vectors is None:
+        raise ConfigError(f"{name} scores item text: build it with the dataset's text vectors")
+    return model_class(config, text_vectors)

@@ -2,7 +2,8 @@
 
 A split says what methods may learn from (``train_sequences``) and which users are
 evaluated how (`UserCase`: the history a method conditions on, which is also excluded
-from the ranking, and the relevant items it must rank high).
+from the ranking, and the relevant items it must rank high). ``coldstart-items`` also
+holds out items (``Split.held_out_items``): new users meet new items.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import numpy as np
 
 from metarec.errors import ConfigError, MetarecError
 
-PROTOCOLS = ("coldstart", "loo", "sampled")
-DEFAULT_KS = {"coldstart": [10, 20], "loo": [10, 20], "sampled": [1, 5, 10]}
+PROTOCOLS = ("coldstart", "coldstart-items", "loo", "sampled")
+DEFAULT_KS = {"coldstart": [10, 20], "coldstart-items": [10, 20], "loo": [10, 20],
+              "sampled": [1, 5, 10]}  # fmt: skip
+HELD_OUT_ITEM_SHARE = 0.2  # coldstart-items: the share of the catalogue nothing trains on
+ITEM_STREAM = 1  # coldstart-items draws its items from default_rng([split_seed, ITEM_STREAM])
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Split:
     valid: list[UserCase]
     test: list[UserCase]
     counts: dict[str, int] = field(default_factory=dict)
+    held_out_items: np.ndarray | None = None  # (H,) sorted item indices (coldstart-items)
 
 
 def coldstart_users(n_users: int, split_seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,29 +74,40 @@ def _support_query_cases(
     return cases
 
 
-def coldstart_split(
+def held_out_items(n_items: int, split_seed: int) -> np.ndarray:
+    """(int(0.2·N),) sorted item indices coldstart-items holds out: the first ones of
+    ``numpy.random.default_rng([split_seed, 1]).permutation(n_items)``, a stream apart from
+    the user permutation's ``default_rng(split_seed)``."""
+    order = np.random.default_rng([split_seed, ITEM_STREAM]).permutation(n_items)
+    return np.sort(order[: int(HELD_OUT_ITEM_SHARE * n_items)])
+
+
+def _cold_user_split(
+    protocol: str,
     sequences: list[np.ndarray],
+    learnable: list[np.ndarray],
     n_items: int,
-    support_size: int = 10,
-    query_size: int = 10,
-    split_seed: int = 0,
+    support_size: int,
+    query_size: int,
+    split_seed: int,
 ) -> Split:
-    """Unseen test users, each given only its first ``support_size`` interactions."""
+    """Unseen test users cut from their full ``sequences``; meta-train and validation users
+    from ``learnable``, the per-user histories methods may learn from."""
     if support_size < 1 or query_size < 1:
-        raise MetarecError("coldstart: support and query sizes must be at least 1")
+        raise MetarecError(f"{protocol}: support and query sizes must be at least 1")
     train_users, valid_users, test_users = coldstart_users(len(sequences), split_seed)
     test = _support_query_cases(sequences, np.sort(test_users), support_size, query_size)
     if not test:
         raise MetarecError(
-            f"coldstart: no test user has more than {support_size} "
+            f"{protocol}: no test user has more than {support_size} "
             "interactions; lower --support-size"
         )
     return Split(
-        protocol="coldstart",
+        protocol=protocol,
         n_items=n_items,
         train_users=np.sort(train_users),
-        train_sequences=[sequences[u] for u in np.sort(train_users)],
-        valid=_support_query_cases(sequences, np.sort(valid_users), support_size, query_size),
+        train_sequences=[learnable[u] for u in np.sort(train_users)],
+        valid=_support_query_cases(learnable, np.sort(valid_users), support_size, query_size),
         test=test,
         counts={
             "train_users": len(train_users),
@@ -100,6 +116,51 @@ def coldstart_split(
             "test_users_skipped": len(test_users) - len(test),
         },
     )
+
+
+def coldstart_split(
+    sequences: list[np.ndarray],
+    n_items: int,
+    support_size: int = 10,
+    query_size: int = 10,
+    split_seed: int = 0,
+) -> Split:
+    """Unseen test users, each given only its first ``support_size`` interactions."""
+    return _cold_user_split(
+        "coldstart", sequences, sequences, n_items, support_size, query_size, split_seed
+    )
+
+
+def coldstart_items_split(
+    sequences: list[np.ndarray],
+    n_items: int,
+    support_size: int = 10,
+    query_size: int = 10,
+    split_seed: int = 0,
+) -> Split:
+    """As `coldstart_split`, with `held_out_items` removed from every meta-train and
+    validation history (order kept); test users keep their full histories and rank the
+    whole catalogue."""
+    held_out = held_out_items(n_items, split_seed)
+    is_held_out = np.zeros(n_items, dtype=bool)
+    is_held_out[held_out] = True
+    learnable = [history[~is_held_out[history]] for history in sequences]
+    split = _cold_user_split(
+        "coldstart-items", sequences, learnable, n_items, support_size, query_size, split_seed
+    )
+    split.held_out_items = held_out
+    query_held_out = [int(is_held_out[case.relevant].sum()) for case in split.test]
+    split.counts.update(
+        held_out_items=len(held_out),
+        train_interactions_removed=sum(
+            len(sequences[user]) - len(learnable[user]) for user in split.train_users
+        ),
+        test_support_held_out=sum(int(is_held_out[case.history].sum()) for case in split.test),
+        test_query_items=sum(len(case.relevant) for case in split.test),
+        test_query_held_out=sum(query_held_out),
+        test_users_with_held_out_query=sum(count > 0 for count in query_held_out),
+    )
+    return split
 
 
 def loo_split(
@@ -190,12 +251,14 @@ class ProtocolConfig:
     def describe(self) -> dict:
         """The parameters that define this protocol (for results files)."""
         params = {"name": self.name, "ks": list(self.cutoffs())}
-        if self.name == "coldstart":
+        if self.name in ("coldstart", "coldstart-items"):
             params.update(
                 support_size=self.support_size,
                 query_size=self.query_size,
                 split_seed=self.split_seed,
             )
+        if self.name == "coldstart-items":
+            params.update(held_out_item_share=HELD_OUT_ITEM_SHARE)
         if self.name == "sampled":
             params.update(num_negatives=self.num_negatives, sample_seed=self.sample_seed)
         return params
@@ -208,8 +271,9 @@ def make_split(
     user_ids: np.ndarray | None = None,
 ) -> Split:
     """The split of ``protocol`` over per-user sequences."""
-    if protocol.name == "coldstart":
-        return coldstart_split(
+    if protocol.name in ("coldstart", "coldstart-items"):
+        cold_split = coldstart_split if protocol.name == "coldstart" else coldstart_items_split
+        return cold_split(
             sequences, n_items, protocol.support_size, protocol.query_size, protocol.split_seed
         )
     if protocol.name == "loo":

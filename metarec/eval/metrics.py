@@ -68,6 +68,25 @@ def all_metrics(ranks: np.ndarray, ks: tuple[int, ...]) -> dict[str, np.ndarray]
     return per_user
 
 
+def subset_metrics(
+    ranks: np.ndarray, in_subset: np.ndarray, ks: tuple[int, ...]
+) -> dict[str, np.ndarray]:
+    """`all_metrics` with only the relevant items marked in ``in_subset`` counted relevant.
+
+    ranks: (B, Q) as `relevant_ranks` gives them; in_subset: (B, Q) bool. The other
+    relevant items keep their places in the ranking, they just no longer count as hits.
+    Returns (B,) arrays, NaN for users with no relevant item in the subset.
+    """
+    kept = in_subset & np.isfinite(ranks)
+    users = kept.any(axis=1)
+    subset_ranks = np.where(kept, ranks, np.inf)
+    subset_ranks[~users, 0] = 1.0  # a stand-in so every row is defined; its values become NaN
+    return {
+        name: np.where(users, values, np.nan)
+        for name, values in all_metrics(subset_ranks, ks).items()
+    }
+
+
 def bootstrap_ci(
     values: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:

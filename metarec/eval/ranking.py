@@ -13,7 +13,7 @@ import numpy as np
 
 from metarec.data.splits import UserCase
 from metarec.errors import MetarecError
-from metarec.eval.metrics import all_metrics, relevant_ranks
+from metarec.eval.metrics import all_metrics, relevant_ranks, subset_metrics
 
 Scorer = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -51,14 +51,27 @@ def top_items(scores: np.ndarray, cases: Sequence[UserCase], k: int) -> np.ndarr
     return np.where(np.take_along_axis(allowed, order, axis=1), order, -1)
 
 
+def relevant_among(cases: Sequence[UserCase], items: np.ndarray, width: int) -> np.ndarray:
+    """(U, width) bool: whether each case's relevant item (in order, padded) is in ``items``."""
+    inside = np.zeros((len(cases), width), dtype=bool)
+    for row, case in enumerate(cases):
+        inside[row, : len(case.relevant)] = np.isin(case.relevant, items)
+    return inside
+
+
 def ranked_cases(
     score: Scorer,
     cases: Sequence[UserCase],
     ks: tuple[int, ...],
     batch_size: int = 128,
     name: str = "method",
+    held_out: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per-user metrics (each (U,), in ``cases`` order) and the (U, max(ks)) top lists."""
+    """Per-user metrics (each (U,), in ``cases`` order) and the (U, max(ks)) top lists.
+
+    ``held_out``: item indices (coldstart-items) whose relevance is also measured alone,
+    from the same ranking: ``held_out_<metric>``, NaN for users with no such relevant item.
+    """
     chunks: list[np.ndarray] = []
     lists: list[np.ndarray] = []
     for start in range(0, len(cases), batch_size):
@@ -72,7 +85,12 @@ def ranked_cases(
     ranks = np.concatenate(
         [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=np.inf) for c in chunks]
     )
-    return all_metrics(ranks, ks), np.concatenate(lists)
+    per_user = all_metrics(ranks, ks)
+    if held_out is not None:
+        in_held_out = relevant_among(cases, held_out, width)
+        for metric, values in subset_metrics(ranks, in_held_out, ks).items():
+            per_user[f"held_out_{metric}"] = values
+    return per_user, np.concatenate(lists)
 
 
 def evaluate_cases(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from metarec.eval.recommender import Recommender
 from metarec.eval.report import markdown_table, write_json, write_per_user
 from metarec.meta.algorithms import MetaConfig
 from metarec.models.item_init import svd_item_embeddings
+from metarec.models.text_encoder import cached_text_vectors
 from metarec.options import (
     REPO_CONFIGS,
     Environment,
@@ -69,6 +71,9 @@ class EvaluateConfig:
 
 LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")
 FUSION_METHODS = ("fusion", "fusion-stack")
+# learn items from interactions alone: an item no training user interacted with gets no
+# learned score (0 from pop, itemknn, userknn and ease), so they cannot rank new items
+INTERACTION_ONLY_METHODS = ("pop", "itemknn", "userknn", "ease", "sasrec")
 DIVERSITY_DIM = 64  # the shared item embedding diversity@K is measured in
 
 
@@ -135,9 +140,16 @@ class Evaluation:
 def summarise(
     per_user: dict[str, np.ndarray], resamples: int, seed: int
 ) -> dict[str, float | list[float]]:
-    """Mean of each per-user metric plus ``<metric>_ci``: its bootstrap 95% interval."""
+    """Mean of each per-user metric plus ``<metric>_ci``: its bootstrap 95% interval.
+
+    NaN marks a user a metric does not cover (``held_out_*``: no held-out query item); a
+    metric covering no user is left out.
+    """
     summary: dict[str, float | list[float]] = {}
-    for name, values in per_user.items():
+    for name, all_values in per_user.items():
+        values = all_values[~np.isnan(all_values)]
+        if not len(values):
+            continue
         summary[name] = float(values.mean())
         summary[f"{name}_ci"] = list(bootstrap_ci(values, resamples, seed=seed))
     return summary
@@ -155,12 +167,16 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     members = [name for name in (fusion.members if fused else []) if name not in config.methods]
     standalone = [name for name in config.methods if name not in FUSION_METHODS]
     _check_llm_methods(config, standalone + members)
+    dataset = load_dataset(config.data)
+    # the text baselines' item vectors, encoded (or read from the cache) when they are fitted
+    text_vectors = partial(
+        cached_text_vectors, dataset.item_text, cache_dir=config.data.cache_dir.expanduser()
+    )
     classical = {
-        name: build_baseline(name, config.hyperparameters)
+        name: build_baseline(name, config.hyperparameters, text_vectors)
         for name in standalone + members
         if name not in LLM_METHODS
     }
-    dataset = load_dataset(config.data)
     llm = _llm_methods([name for name in standalone + members if name in LLM_METHODS], config)
     built = {
         name: classical[name] if name in classical else llm[name] for name in standalone + members
@@ -183,7 +199,9 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
         method.fit(split.train_sequences, split.n_items, split.valid)
         prefitted.add(name)
         fitted = time.perf_counter()
-        per_user[name], lists = ranked_cases(method.score, split.test, ks, name=name)
+        per_user[name], lists = ranked_cases(
+            method.score, split.test, ks, name=name, held_out=split.held_out_items
+        )
         catalogue[name] = {}
         for k in ks:
             overall, by_user = beyond_accuracy(
@@ -211,7 +229,31 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
         "seconds": seconds,
         "fusion_weights": {name: methods[name].weights for name in fused},
     }
+    if split.held_out_items is not None:
+        summary["cannot_rank_new_items"] = [
+            name for name in methods if name in INTERACTION_ONLY_METHODS
+        ]
     return Evaluation(dataset, split, per_user, summary)
+
+
+def held_out_note(summary: dict[str, Any]) -> str:
+    """The footnote a coldstart-items table needs: what ``held_out_*`` measures, over how
+    many users, and which methods cannot rank a held-out item ("" for other protocols)."""
+    if "cannot_rank_new_items" not in summary:
+        return ""
+    split = summary["split"]
+    note = (
+        f"held_out_*: only the query items among the {split['held_out_items']} held-out items "
+        f"count as relevant, over the {split['test_users_with_held_out_query']} test users "
+        "who have one; the other metrics count every query item."
+    )
+    blind = summary["cannot_rank_new_items"]
+    if blind:
+        note += (
+            f" {', '.join(blind)} learn items from interactions only and cannot rank a "
+            "held-out item (no learned score: 0 from pop, itemknn, userknn and ease)."
+        )
+    return note
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,8 +269,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods",
         default="pop,itemknn",
-        help="comma-separated: pop, itemknn, userknn, ease, sasrec, llm-noadapt, llm-finetune, "
-        "meta-lora",
+        help="comma-separated: pop, itemknn, userknn, ease, sasrec, content, llm-noadapt, "
+        "llm-finetune, meta-lora",
     )
     parser.add_argument("--baselines-config", type=Path, default=REPO_CONFIGS / "baselines.yaml")
     parser.add_argument("--bootstrap-resamples", type=int, default=1000)
@@ -261,6 +303,9 @@ def run(config: EvaluateConfig) -> None:
         check_writable(output)
     result = evaluate(config)
     print(markdown_table(result.summary))
+    note = held_out_note(result.summary)
+    if note:
+        print(f"\n{note}")
     if config.output:
         write_json(config.output, result.summary)
         print(f"wrote {config.output}")

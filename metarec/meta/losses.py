@@ -22,8 +22,10 @@ def next_item_losses(scores: torch.Tensor, items: torch.Tensor, lengths: torch.T
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
     ).view(targets.shape)
     positions = torch.arange(targets.shape[1], device=items.device)
-    real = (positions[None, :] < (lengths - 1)[:, None]).to(per_position.dtype)
-    return (per_position * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
+    real = positions[None, :] < (lengths - 1)[:, None]
+    # padding targets repeat item 0, whose logit may be masked to -inf (an infinite loss)
+    per_position = torch.where(real, per_position, torch.zeros_like(per_position))
+    return per_position.sum(dim=1) / real.sum(dim=1).clamp(min=1)
 
 
 def query_losses(scores: torch.Tensor, query: torch.Tensor, excluded: torch.Tensor):

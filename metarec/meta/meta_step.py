@@ -31,10 +31,19 @@ QueryLossBuilder = Callable[[UserModel, EpisodeBatch, torch.Tensor], LossFn]
 class MetaStepModule(nn.Module):
     """The meta objective of a batch of users as a forward pass (what DeepSpeed wraps)."""
 
-    def __init__(self, model: UserModel, meta: MetaConfig, rates: MetaSGDRates | None) -> None:
+    def __init__(
+        self,
+        model: UserModel,
+        meta: MetaConfig,
+        rates: MetaSGDRates | None,
+        unranked: torch.Tensor | None = None,
+    ) -> None:
+        """``unranked``: (N,) bool items no training softmax ranks (coldstart-items' held-out
+        items), so their id embeddings get no gradient; None ranks the whole catalogue."""
         super().__init__()
         self.model = model
         self.rates = rates
+        self.unranked = unranked
         self.meta = meta  # the recipe swaps it between stages (pretraining: no inner steps)
         # what the adapted weights are judged by; distillation swaps in a teacher's targets
         self.query_loss: QueryLossBuilder = query_loss_fn
@@ -64,9 +73,11 @@ class MetaStepModule(nn.Module):
         """Mean meta objective over the batch (see `metarec.meta.algorithms`)."""
         batch = EpisodeBatch(support, support_lengths, query)
         excluded = batch.support_excluded(self.model.id_embedding.num_embeddings)
+        if self.unranked is not None:
+            excluded = excluded | self.unranked
         objective, _ = meta_objective(
             self.meta,
-            support_loss_fn(self.model, batch),
+            support_loss_fn(self.model, batch, self.unranked),
             self.query_loss(self.model, batch, excluded),
             initial_fast_weights(self.model.lora_layers, len(support)),
             self.rates,

@@ -2,7 +2,8 @@
 
 The support loss is next-item prediction inside the support; the query loss ranks the
 query items from the state after the last support item, with the support excluded, as
-the ``coldstart`` protocol does at test time.
+the ``coldstart`` protocol does at test time. In training on ``coldstart-items``, neither
+ranks the held-out items (their logits masked), so no gradient reaches them.
 """
 
 from __future__ import annotations
@@ -25,11 +26,18 @@ def last_states(model: UserModel, batch: EpisodeBatch, fast: FastWeights) -> tor
     return states[torch.arange(len(states), device=states.device), batch.support_lengths - 1]
 
 
-def support_loss_fn(model: UserModel, batch: EpisodeBatch) -> LossFn:
+def support_loss_fn(
+    model: UserModel, batch: EpisodeBatch, unranked: torch.Tensor | None = None
+) -> LossFn:
+    """``unranked``: (N,) bool items left out of the softmax (training's held-out items)."""
+
     def support_loss(fast: FastWeights) -> torch.Tensor:
         with bind_fast_weights(model.lora_layers, fast):
             states = model.states(batch.support, batch.support_lengths)
-        return next_item_losses(model.scores(states), batch.support, batch.support_lengths)
+        scores = model.scores(states)
+        if unranked is not None:
+            scores = scores.masked_fill(unranked, float("-inf"))
+        return next_item_losses(scores, batch.support, batch.support_lengths)
 
     return support_loss
 
