@@ -53,6 +53,9 @@ EVALUABLE_ON = {
 TRAINING_PROTOCOLS = tuple(EVALUABLE_ON)
 
 
+PRETRAIN_OBJECTIVES = ("episodes", "next_item")
+
+
 @dataclass
 class TrainConfig:
     """Everything a meta-training run depends on (saved as ``config.json`` in the run dir)."""
@@ -77,6 +80,11 @@ class TrainConfig:
     # Meta-training continues from the pretrained weights and Adam state at outer_lr,
     # usually smaller: a large step would undo what pretraining learned.
     pretrain_lr: float | None = None  # default: outer_lr
+    # What ordinary training learns from: "episodes" (each user's first-K support ranking
+    # the next query items, one state per user, as meta-training does) or "next_item"
+    # (next-item prediction at every position of consecutive windows of model.max_len items
+    # covering each whole training history, as SASRec trains: about 100 times more targets).
+    pretrain_objective: str = "episodes"
     epochs: int = 1
     outer_lr: float = 1e-3
     seed: int = 0
@@ -93,6 +101,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.protocol not in TRAINING_PROTOCOLS:
             raise ConfigError(f"protocol {self.protocol!r}: expected one of {TRAINING_PROTOCOLS}")
+        if self.pretrain_objective not in PRETRAIN_OBJECTIVES:
+            raise ConfigError(
+                f"pretrain_objective {self.pretrain_objective!r}: expected one of "
+                f"{PRETRAIN_OBJECTIVES}"
+            )
         if not self.support_sizes or min(self.support_sizes) < 2:
             raise ConfigError(
                 f"support_sizes {self.support_sizes}: each must be at least 2 (the support "

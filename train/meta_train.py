@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from metarec.atomic import atomic_file
 from metarec.checkpoint import save_checkpoint, trained_weights
-from metarec.data.episodes import collate, sample_episodes
+from metarec.data.episodes import collate, history_windows, sample_episodes
 from metarec.data.prepare import load_dataset
 from metarec.data.splits import UserCase
 from metarec.distributed import state
@@ -244,6 +244,9 @@ class MetaTrainRecipe:
             if index < self.position["stage"]:
                 continue
             self.step_module.meta = meta
+            self.step_module.next_item = (
+                stage == "pretrain" and self.config.pretrain_objective == "next_item"
+            )
             if not self.position["stage_started"]:
                 self.start_stage(index, stage, meta, saved_as)
             for epoch in range(self.position["epoch"], epochs):
@@ -258,9 +261,12 @@ class MetaTrainRecipe:
             self.epoch_rng_state = self.rng.bit_generator.state
             self.epoch_losses = []
         self.rng.bit_generator.state = self.epoch_rng_state
-        episodes = sample_episodes(
-            self.split.train_sequences, config.support_sizes, config.query_size, self.rng
-        )
+        if self.step_module.next_item:
+            episodes = history_windows(self.split.train_sequences, config.model.max_len, self.rng)
+        else:
+            episodes = sample_episodes(
+                self.split.train_sequences, config.support_sizes, config.query_size, self.rng
+            )
         # every step has users_per_batch users, so ranks always get equal shares
         n_batches = len(episodes) // config.users_per_batch
         started, steps_before = time.perf_counter(), len(self.epoch_losses)

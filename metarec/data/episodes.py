@@ -78,3 +78,21 @@ def sample_episodes(
             continue
         episodes.append((sequence[:size], sequence[size : size + query_size]))
     return episodes
+
+
+def history_windows(
+    sequences: list[np.ndarray], window: int, rng: np.random.Generator
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Consecutive windows of at most ``window`` items covering every sequence, shuffled.
+
+    For next-item training at every position: each window is a "support" of its own (its
+    query is empty). A last window shorter than 2 items has no target and is dropped.
+    """
+    windows = [
+        sequence[start : start + window]
+        for sequence in sequences
+        for start in range(0, len(sequence), window)
+        if len(sequence) - start >= 2
+    ]
+    empty = np.zeros(0, dtype=np.int64)
+    return [(windows[index], empty) for index in rng.permutation(len(windows))]

@@ -45,6 +45,8 @@ class MetaStepModule(nn.Module):
         self.rates = rates
         self.unranked = unranked
         self.meta = meta  # the recipe swaps it between stages (pretraining: no inner steps)
+        # ordinary training on whole windows: next-item loss at every position, no query
+        self.next_item = False
         # what the adapted weights are judged by; distillation swaps in a teacher's targets
         self.query_loss: QueryLossBuilder = query_loss_fn
 
@@ -72,6 +74,9 @@ class MetaStepModule(nn.Module):
     ) -> torch.Tensor:
         """Mean meta objective over the batch (see `metarec.meta.algorithms`)."""
         batch = EpisodeBatch(support, support_lengths, query)
+        start = initial_fast_weights(self.model.lora_layers, len(support))
+        if self.next_item:
+            return support_loss_fn(self.model, batch)(start).mean()
         excluded = batch.support_excluded(self.model.id_embedding.num_embeddings)
         if self.unranked is not None:
             excluded = excluded | self.unranked
@@ -79,7 +84,7 @@ class MetaStepModule(nn.Module):
             self.meta,
             support_loss_fn(self.model, batch, self.unranked),
             self.query_loss(self.model, batch, excluded),
-            initial_fast_weights(self.model.lora_layers, len(support)),
+            start,
             self.rates,
         )
         return objective
