@@ -76,7 +76,7 @@ class MetaStepModule(nn.Module):
         batch = EpisodeBatch(support, support_lengths, query)
         start = initial_fast_weights(self.model.lora_layers, len(support))
         if self.next_item:
-            return support_loss_fn(self.model, batch)(start).mean()
+            return support_loss_fn(self.model, batch, self.unranked)(start).mean()
         excluded = batch.support_excluded(self.model.id_embedding.num_embeddings)
         if self.unranked is not None:
             excluded = excluded | self.unranked
