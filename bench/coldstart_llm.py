@@ -11,10 +11,12 @@ over the seeds of each seed's mean (and each seed's figure); below it, meta-lora
 best other method: their ratio and a paired bootstrap 95% CI of meta-lora − best other, over
 the (seed, test user) pairs pooled across seeds.
 
-The baselines and the LLM methods are evaluated separately; a seed's baseline results already
-in ``--baselines-dir`` (``seed<S>/baselines_s<K>.parquet`` with every asked-for method) are
-reused, so settings of the LLM compared on the same seeds share one baselines evaluation
-(``--no-llm`` makes just that). The baselines are deterministic given their seeds.
+The baselines and the LLM methods are evaluated separately, and results already there are
+reused (the command continues where it stopped): a seed's baseline results in
+``--baselines-dir`` (``seed<S>/baselines_s<K>.parquet`` holding every asked-for method), so
+settings of the LLM compared on the same seeds share one baselines evaluation (``--no-llm``
+makes just that; the baselines are deterministic given their seeds), and a seed whose LLM
+results exist for every support size is neither trained nor evaluated again.
 
 ``--protocols sampled`` trains a second run on the ``loo`` split (``--sampled-set`` overrides
 apply to it only) and adds the ``sampled`` table (hr@1 over 20 candidates). Prints Markdown
@@ -148,7 +150,8 @@ def main() -> None:
     for seed in seeds if supports else []:
         seed_dir = args.run_dir / f"seed{seed}"
         run = seed_dir / "coldstart"
-        if args.llm:
+        llm_done = all(evaluated(seed_dir / f"llm_s{k}.parquet", LLM_METHODS) for k in supports)
+        if args.llm and not llm_done:
             timed(f"seed {seed}: train", ["train", "--config", str(args.config), "--split-seed",
                   seed, "--output-dir", str(run), *overrides], seconds)  # fmt: skip
         for support in supports:
@@ -161,7 +164,7 @@ def main() -> None:
             for part, (names, folder, options) in parts.items():
                 output = folder / f"{part}_s{support}.json"
                 users = folder / f"{part}_s{support}.parquet"
-                if names and not (part == "baselines" and evaluated(users, names)):
+                if names and not evaluated(users, names):
                     timed(f"seed {seed}: evaluate {part} support {support}", ["evaluate",
                           *protocol, "--methods", ",".join(names), "--output", str(output),
                           "--per-user-output", str(users), *options], seconds)  # fmt: skip
