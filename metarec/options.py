@@ -11,17 +11,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from metarec.config import from_mapping, load_yaml
+from metarec.data.custom import ID_TYPES
 from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig
+from metarec.data.preprocess import DEDUP_POLICIES
 from metarec.device import DEVICE_CHOICES, resolve_device
 from metarec.errors import MetarecError
 from metarec.trained_run import TrainConfig
@@ -115,9 +118,40 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         help="local copy of the dataset (folder or zip); default $METAREC_DATA_DIR, "
         "else download into the cache",
     )
-    group.add_argument("--interactions", type=Path, help="custom: interactions CSV/Parquet")
-    group.add_argument("--items", type=Path, help="custom: items CSV/Parquet")
+    group.add_argument(
+        "--interactions",
+        type=Path,
+        help="custom: interactions table: CSV, TSV, Parquet file or folder of parts, or a "
+        "folder saved by datasets' save_to_disk (a DatasetDict's split: its subfolder)",
+    )
+    group.add_argument("--items", type=Path, help="custom: items table, in any of those forms")
+    group.add_argument("--user-col", default="user_id", help="custom: the user id column")
+    group.add_argument("--item-col", default="item_id", help="custom: the item id column")
+    group.add_argument(
+        "--time-col",
+        help="custom: the time column (seconds or ISO 8601 dates); default timestamp, and "
+        "file order when the table has none",
+    )
+    group.add_argument("--rating-col", help="custom: the rating column; default rating, if any")
+    group.add_argument(
+        "--item-text-cols",
+        type=name_list,
+        help="custom: the items' text columns, joined with ' | ' (default: text, else all)",
+    )
+    group.add_argument(
+        "--id-type",
+        choices=ID_TYPES,
+        default="auto",
+        help="custom: auto reads a column of plain integers as integer ids, others as text; "
+        "str reads every id as text",
+    )
     group.add_argument("--min-rating", type=float, help="keep interactions rated at least this")
+    group.add_argument(
+        "--dedup",
+        choices=DEDUP_POLICIES,
+        default="first",
+        help="a repeated (user, item) keeps its first interaction, its last, or all",
+    )
     group.add_argument("--k-core", type=int, default=0, help="k-core filter (0 = off)")
     group.add_argument(
         "--cache-dir", type=Path, help="default $METAREC_CACHE_DIR, else ~/.cache/metarec"
@@ -134,6 +168,13 @@ def data_config(args: argparse.Namespace, env: Environment) -> DataConfig:
         min_rating=args.min_rating,
         k_core=args.k_core,
         cache_dir=args.cache_dir or env.cache_dir_or_default,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        rating_col=args.rating_col,
+        item_text_cols=args.item_text_cols,
+        id_type=args.id_type,
+        dedup=args.dedup,
     )
 
 
@@ -184,13 +225,27 @@ def add_train_config_options(parser: argparse.ArgumentParser) -> None:
     add_device_option(parser)
 
 
-def history_indices(dataset: Dataset, raw_items: list[int]) -> np.ndarray:
+def id_positions(ids: np.ndarray, given: Sequence[object]) -> np.ndarray:
+    """Indices (M,) int64 into ``ids`` (N,), a dataset's raw ids (integers or strings), of
+    the raw ids ``given`` (M,), typed or as text; -1 where one is not there.
+
+    Ids are compared as text, an integer id as written plainly (``7``, not ``07`` or
+    ``+7``), which is how the data layer tells integer ids from text ones: ``--user 7``
+    finds user 7 of a dataset with integer ids, and user ``"7"`` of one with text ids.
+    """
+    known = pd.Index(np.asarray(ids).astype(str))
+    return known.get_indexer(pd.Series(given, dtype=object).astype(str)).astype(np.int64)
+
+
+def history_indices(dataset: Dataset, raw_items: Sequence[object]) -> np.ndarray:
     """``--history`` raw item ids as the dataset's item indices, or an error naming the unknown."""
-    positions = dataset.item_positions()
-    unknown = [item for item in raw_items if item not in positions]
+    positions = id_positions(dataset.item_ids, raw_items)
+    unknown = [
+        str(item) for item, position in zip(raw_items, positions, strict=True) if position < 0
+    ]
     if unknown:
-        raise MetarecError(f"--history: unknown item ids {unknown} in {dataset.name}")
-    return np.array([positions[item] for item in raw_items], dtype=np.int64)
+        raise MetarecError(f"--history: unknown item ids {', '.join(unknown)} in {dataset.name}")
+    return positions
 
 
 def check_writable(path: Path | None) -> None:

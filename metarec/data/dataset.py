@@ -2,7 +2,8 @@
 
 Users are numbered 0..n_users-1 in order of their raw id, items 0..n_items-1 likewise,
 so the protocols' "users sorted by id" is simply the index order. The mappings back to
-raw ids travel with the dataset and are saved beside it.
+raw ids travel with the dataset, are saved beside it and are part of its fingerprint. Raw
+ids are integers (an int64 array) or text (an object array of str), as the source had them.
 """
 
 from __future__ import annotations
@@ -19,12 +20,30 @@ from metarec.atomic import atomic_dir
 from metarec.errors import DataError
 
 
+def _id_bytes(ids: np.ndarray) -> bytes:
+    """Raw ids as bytes to hash: int64 ids as their values (as fingerprints always were),
+    text ids as UTF-8 with each id's length, so no two id lists give the same bytes."""
+    if ids.dtype.kind in "iu":
+        return np.ascontiguousarray(ids).tobytes()
+    encoded = [str(raw).encode() for raw in ids]
+    lengths = np.array([len(text) for text in encoded], dtype=np.int64)
+    return b"text ids\0" + lengths.tobytes() + b"".join(encoded)
+
+
+def _raw_ids(column: pd.Series) -> np.ndarray:
+    """Saved raw ids as the dataset holds them: int64, or an object array of str."""
+    return column.to_numpy(dtype=None if pd.api.types.is_integer_dtype(column) else object)
+
+
 @dataclass
 class Dataset:
     """Interactions sorted by ``(user, timestamp, item)`` plus id maps and item text.
 
-    ``interactions`` columns: ``user``, ``item`` (int64 indices), ``timestamp`` (int64),
-    ``rating`` (float64, NaN when the source has none).
+    ``interactions`` columns: ``user``, ``item`` (int64 indices), ``timestamp`` (int64
+    seconds, or positions in the file for a source without timestamps), ``rating``
+    (float64, NaN when the source has none). ``user_ids`` (n_users,) and ``item_ids``
+    (n_items,): raw id by index, int64 or str objects, sorted. ``report``: what
+    preprocessing did (counts, the dedup policy, where timestamps came from).
     """
 
     name: str
@@ -32,7 +51,7 @@ class Dataset:
     user_ids: np.ndarray
     item_ids: np.ndarray
     item_text: list[str]
-    report: dict[str, int] = field(default_factory=dict)
+    report: dict[str, int | str] = field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -42,9 +61,9 @@ class Dataset:
     def n_items(self) -> int:
         return len(self.item_ids)
 
-    def item_positions(self) -> dict[int, int]:
-        """Raw item id -> contiguous item index."""
-        return {int(raw): position for position, raw in enumerate(self.item_ids)}
+    def item_positions(self) -> dict[int | str, int]:
+        """Raw item id (a Python int or str) -> contiguous item index."""
+        return {raw: position for position, raw in enumerate(self.item_ids.tolist())}
 
     def titles(self) -> list[str]:
         """Each item's text up to its first " | " (the title of "title | genres")."""
@@ -71,13 +90,13 @@ class Dataset:
         interactions = hashlib.sha256()
         for column in ("user", "item", "timestamp"):
             interactions.update(np.ascontiguousarray(self.interactions[column].to_numpy()))
-        interactions.update(np.ascontiguousarray(self.user_ids))
-        items = hashlib.sha256(np.ascontiguousarray(self.item_ids))
+        interactions.update(_id_bytes(self.user_ids))
+        items = hashlib.sha256(_id_bytes(self.item_ids))
         for text in self.item_text:
             items.update(text.encode() + b"\0")
         return {"interactions": interactions.hexdigest()[:16], "items": items.hexdigest()[:16]}
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, float | str]:
         """Size and shape of the dataset, plus what preprocessing removed."""
         lengths = np.diff(
             np.searchsorted(self.interactions["user"].to_numpy(), np.arange(self.n_users + 1))
@@ -114,8 +133,8 @@ class Dataset:
             return cls(
                 name=meta["name"],
                 interactions=pd.read_parquet(folder / "interactions.parquet"),
-                user_ids=pd.read_parquet(folder / "users.parquet")["user_id"].to_numpy(),
-                item_ids=items["item_id"].to_numpy(),
+                user_ids=_raw_ids(pd.read_parquet(folder / "users.parquet")["user_id"]),
+                item_ids=_raw_ids(items["item_id"]),
                 item_text=items["text"].tolist(),
                 report=meta["report"],
             )
