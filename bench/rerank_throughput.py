@@ -75,7 +75,7 @@ def main() -> None:
     with loop.model.frozen_item_vectors():
         for user, history in enumerate(histories):
             state = loop.adapted_state(history, method.inner_steps)
-            found, _ = index.search(state[None].numpy(), args.candidates + len(history))
+            found, _ = index.search_rows(state[None].numpy(), args.candidates + len(history))
             found = found[0][(found[0] >= 0) & ~np.isin(found[0], history)][: args.candidates]
             scores = loop.scores(state, found)
             top = found[np.lexsort((found, -scores))[: args.top_k]]

@@ -121,7 +121,7 @@ def main() -> None:
             )  # fmt: skip
             seconds = time.perf_counter() - started
             started = time.perf_counter()
-            found, _ = index.search(states.numpy(), args.candidates + args.support_size)
+            found, _ = index.search_rows(states.numpy(), args.candidates + args.support_size)
             with torch.no_grad():
                 candidate_vectors = model.item_vectors(torch.from_numpy(found.clip(min=0)))
                 torch.einsum("ud,und->un", states, candidate_vectors)

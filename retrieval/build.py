@@ -63,7 +63,7 @@ class IndexBuildConfig:
     run: Path | None = None  # a metarec train run dir; its checkpoint encodes the catalogue
     data: DataConfig = field(default_factory=DataConfig)
     vectors: Path | None = None  # (N, d) float32 .npy, instead of a run
-    item_ids: Path | None = None  # (N,) int64 .npy row -> item id; default 0..N-1
+    item_ids: Path | None = None  # (N,) int or unicode .npy row -> item id; default 0..N-1
     encoder: str = "external"  # names the vectors' encoder when they come from a file
     chunk_rows: int = 65536
     trust_remote_code: bool = False  # let the run's backbone run code from its model folder
@@ -84,9 +84,10 @@ def _file_vectors(config: IndexBuildConfig) -> tuple[np.ndarray, np.ndarray]:
         raise MetarecError(f"cannot read vectors ({err})") from None
     if vectors.ndim != 2 or vectors.dtype.kind != "f":
         raise MetarecError(f"{config.vectors}: expected a float (N, d) array, got {vectors.shape}")
-    if item_ids.shape != (len(vectors),) or item_ids.dtype.kind not in "iu":
+    if item_ids.shape != (len(vectors),) or item_ids.dtype.kind not in "iuU":
         raise MetarecError(
-            f"{config.item_ids}: expected {len(vectors)} integer item ids, got {item_ids.shape}"
+            f"{config.item_ids}: expected {len(vectors)} integer or string item ids, "
+            f"got {item_ids.shape} {item_ids.dtype}"
         )
     if len(np.unique(item_ids)) != len(item_ids):
         raise MetarecError(f"{config.item_ids}: item ids repeat")
@@ -113,7 +114,7 @@ def build_catalogue_index(config: IndexBuildConfig) -> dict:
             )
         finally:
             scratch.unlink(missing_ok=True)
-        item_ids = np.arange(run.dataset.n_items, dtype=np.int64)
+        item_ids = run.dataset.item_ids  # row r is item index r: its raw id
     save_index(config.output, index, item_ids, config.index, encoder)  # always the CPU form
     return {
         "output": str(config.output),
@@ -127,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_options(parser)
     parser.add_argument("--checkpoint", type=Path, help="metarec train run dir")
     parser.add_argument("--vectors", type=Path, help="(N, d) float32 .npy instead of a run")
-    parser.add_argument("--item-ids", type=Path, help="(N,) int64 .npy for --vectors")
+    parser.add_argument("--item-ids", type=Path, help="(N,) integer or unicode .npy for --vectors")
     parser.add_argument("--encoder", default="external", help="name of --vectors' encoder")
     parser.add_argument("--output", type=Path, required=True, help="index folder to write")
     parser.add_argument("--chunk-rows", type=int, default=65536, help="rows encoded/added at once")

@@ -3,7 +3,9 @@
 An index folder holds::
 
     index.faiss      the FAISS index (inner product over the vectors as given)
-    item_ids.npy     row -> item id (int64)
+    item_ids.npy     row -> item id: int64, or fixed-width unicode for string ids (both
+                     load without pickle); an index built from a run holds the dataset's
+                     raw ids, and its row is the run's item index
     metadata.json    kind, options, dimension, metric, item count, encoder, and the
                      SHA-256 of the two files above
 
@@ -31,6 +33,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pandas as pd
 
 from metarec.atomic import atomic_dir
 from metarec.errors import ConfigError, MetarecError
@@ -158,6 +161,17 @@ def build_index_on(
     return placement.index, placement.where
 
 
+def _storable_ids(item_ids: np.ndarray) -> np.ndarray:
+    """``item_ids`` (N,) as an array `np.load` reads back without pickle: int64 for
+    integer ids, fixed-width unicode for string ids; a mix of kinds is refused."""
+    kind = pd.api.types.infer_dtype(item_ids, skipna=False)
+    if kind == "integer":
+        return np.asarray(item_ids, dtype=np.int64)
+    if kind == "string":
+        return np.asarray(item_ids, dtype=str)
+    raise MetarecError(f"item ids must be all integers or all strings, not {kind} values")
+
+
 def save_index(
     folder: Path,
     index: faiss.Index,
@@ -176,7 +190,7 @@ def save_index(
         index = faiss.index_gpu_to_cpu(index)
     with atomic_dir(folder) as staging:
         faiss.write_index(index, str(staging / "index.faiss"))
-        np.save(staging / "item_ids.npy", np.asarray(item_ids, dtype=np.int64))
+        np.save(staging / "item_ids.npy", _storable_ids(item_ids))
         metadata = {
             "config": asdict(config),
             "dimension": index.d,
@@ -196,16 +210,26 @@ class LoadedIndex:
     placement: str = "cpu"  # where searches run: "cuda:N", "cpu" or "cpu (<why not GPU>)"
     gpu_resources: Any = None  # the GPU index's faiss.StandardGpuResources, kept alive here
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` item ids (Q, k) and scores (Q, k) for ``queries`` (Q, d); -1 = no item."""
+    def search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows (Q, k) int64 and scores (Q, k) for ``queries`` (Q, d); -1 = no item.
+
+        A row is the vector's position in what the index was built from: for a run's
+        index, the run's item index.
+        """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.index.d:
             raise MetarecError(
                 f"queries of shape {queries.shape}: this index expects (Q, {self.index.d})"
             )
         scores, rows = self.index.search(queries, k)
-        ids = np.where(rows >= 0, self.item_ids[np.clip(rows, 0, None)], -1)
-        return ids, scores
+        return rows, scores
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item ids (Q, k) and scores (Q, k) for ``queries`` (Q, d); where there
+        is no item, -1 (integer ids) or "" (string ids)."""
+        rows, scores = self.search_rows(queries, k)
+        missing = -1 if self.item_ids.dtype.kind in "iu" else ""
+        return np.where(rows >= 0, self.item_ids[np.clip(rows, 0, None)], missing), scores
 
 
 def load_index(folder: Path, encoder: str | None = None, device: str = "cpu") -> LoadedIndex:

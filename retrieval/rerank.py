@@ -6,6 +6,11 @@ history item queries the FAISS index for candidates; the history's own items are
 the remaining ``candidates`` are rescored exactly with the adapted model and the top
 ``top_k`` written as ``(user_id, rank, item_id, score)`` Parquet rows (raw ids).
 
+Ids are the user's own, integers or strings. A ``--histories`` file's user ids are kept as
+they come (integer ids or text ids, as the data layer reads an id column) and its item ids
+are read in the kind of the run's (`metarec.options.id_positions` matches them); without a
+file, the users are the run's own, under their dataset ids.
+
 Scoring reuses each user's encoded history: a candidate's score is the dot product of the
 state after the history with the candidate's vector, so the history runs through the
 backbone once per user (per inner step) however many candidates are scored, the way a KV
@@ -51,17 +56,13 @@ from metarec.options import (
     Environment,
     add_run_options,
     check_writable,
+    id_positions,
     job_config,
 )
 from metarec.trained_run import TrainedRun
 from retrieval.index import LoadedIndex, load_index
 from retrieval.shards import ShardStore
 
-HISTORY_COLUMNS = [
-    Column("user_id", "int"),
-    Column("item_id", "int"),
-    Column("timestamp", "int", required=False),
-]
 SPLIT_PARTS = ("test", "valid")
 
 
@@ -97,28 +98,35 @@ class RerankConfig:
 class UserInput:
     """One user to rerank: raw id, history as item indices, and why it cannot be, if so."""
 
-    user_id: int
+    user_id: int | str
     history: np.ndarray
     problem: str | None = None
 
 
+def _history_columns(dataset: Dataset) -> list[Column]:
+    """A histories table's columns: user ids as they come, item ids in the kind of the
+    run's (a run with text ids reads every item id as text, so ``0012`` stays ``0012``)."""
+    integer_items = dataset.item_ids.dtype.kind in "iu"
+    return [
+        Column("user_id", "id"),
+        Column("item_id", "id" if integer_items else "text_id"),
+        Column("timestamp", "time", required=False),
+    ]
+
+
 def file_inputs(path: Path, dataset: Dataset) -> list[UserInput]:
     """Users of a histories table, items in time order (file order without timestamps);
-    users in order of their first row after that sort."""
-    table = read_table(path, HISTORY_COLUMNS)
+    users in order of their first row after that sort. A user whose history holds item
+    ids the run does not know is not scored: its problem names the first five."""
+    table = read_table(path, _history_columns(dataset))
     if "timestamp" in table.columns:
         table = table.sort_values(["timestamp", "line"], kind="stable")
-    index_of = dataset.item_positions()
+    table = table.assign(position=id_positions(dataset.item_ids, table["item_id"]))
     inputs = []
-    order = pd.unique(table["user_id"])
-    groups = table.groupby("user_id", sort=False)["item_id"]
-    histories = {user: items.to_numpy() for user, items in groups}
-    for user in order:
-        raw_items = histories[user]
-        unknown = [int(item) for item in raw_items if int(item) not in index_of]
-        history = np.array([index_of.get(int(item), -1) for item in raw_items], dtype=np.int64)
+    for user, history in table.groupby("user_id", sort=False):
+        unknown = history["item_id"][history["position"] < 0].tolist()
         problem = f"unknown item ids {unknown[:5]} in {path}" if unknown else None
-        inputs.append(UserInput(int(user), history, problem))
+        inputs.append(UserInput(user, history["position"].to_numpy(), problem))
     return inputs
 
 
@@ -127,7 +135,8 @@ def split_inputs(config: RerankConfig, run: TrainedRun) -> list[UserInput]:
     run.check_compatible("coldstart")
     split = run.split(config.support_size)
     cases = split.test if config.split_users == "test" else split.valid
-    return [UserInput(int(run.dataset.user_ids[case.user]), case.history) for case in cases]
+    user_ids = run.dataset.user_ids[[case.user for case in cases]].tolist()
+    return [UserInput(user, case.history) for user, case in zip(user_ids, cases, strict=True)]
 
 
 def rerank_batch(
@@ -148,7 +157,7 @@ def rerank_batch(
     batch = collate(recent, [np.empty(0, dtype=np.int64)] * len(histories), device)
     states = adapted_states(model, batch, method.meta, method.rates, method.inner_steps)
     widest = max(len(history) for history in histories)
-    found, _ = index.search(to_numpy(states), n_candidates + widest)
+    found, _ = index.search_rows(to_numpy(states), n_candidates + widest)  # item indices
     candidates = np.full((len(histories), n_candidates), -1, dtype=np.int64)
     for row, (items, history) in enumerate(zip(found, histories, strict=True)):
         kept = items[(items >= 0) & ~np.isin(items, history)][:n_candidates]
@@ -187,7 +196,7 @@ def _shard_rows(
                     {
                         "user_id": user.user_id,
                         "rank": np.arange(1, real.sum() + 1, dtype=np.int32),
-                        "item_id": dataset.item_ids[user_items[real]].astype(np.int64),
+                        "item_id": dataset.item_ids[user_items[real]],
                         "score": user_scores[real].astype(np.float32),
                     }
                 )

@@ -2,7 +2,8 @@
 
 Either query vectors from a ``.npy`` file, or a trained run adapted to one ``--history``
 (raw item ids, oldest first) whose adapted state queries the index and whose model rescores
-the candidates, as the batch rerank job does for each user.
+the candidates, as the batch rerank job does for each user. Answers name items by the ids
+the index (or the run's dataset) holds, integers or strings as they are.
 
     metarec index search --index runs/tiny/index --queries queries.npy --k 10
     metarec index search --index runs/tiny/index --checkpoint runs/tiny --history 50,172,133
@@ -26,8 +27,8 @@ from metarec.options import (
     add_remote_code_option,
     check_writable,
     history_indices,
-    int_list,
     job_config,
+    name_list,
 )
 from metarec.trained_run import TrainedRun
 from retrieval.index import load_index
@@ -41,12 +42,20 @@ class SearchConfig:
     index: Path
     queries: Path | None = None  # (Q, d) float32 .npy
     run: Path | None = None  # a metarec train run dir, with history
-    history: list[int] | None = None  # raw item ids, oldest first
+    history: list[str] | None = None  # raw item ids, oldest first
     data: DataConfig = field(default_factory=DataConfig)
     k: int = 10
     output: Path | None = None  # answers as JSON
     trust_remote_code: bool = False
     device: str = "cpu"  # where the model computes and FAISS searches when it can (--device)
+
+
+def _hits(item_ids: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> list[dict]:
+    """One query's answer: the raw id (from ``item_ids`` by row) and score of each found
+    row of ``rows`` (k,) with ``scores`` (k,), best first; rows of -1 (no item) are left out."""
+    found = rows >= 0
+    ids = item_ids[rows[found]].tolist()
+    return [{"item_id": i, "score": float(v)} for i, v in zip(ids, scores[found], strict=True)]
 
 
 def vector_answers(config: SearchConfig) -> list[list[dict]]:
@@ -56,11 +65,8 @@ def vector_answers(config: SearchConfig) -> list[list[dict]]:
         queries = np.load(config.queries, allow_pickle=False)
     except (OSError, ValueError) as err:
         raise MetarecError(f"{config.queries}: cannot read queries ({err})") from None
-    ids, scores = index.search(np.atleast_2d(queries), config.k)
-    return [
-        [{"item_id": int(i), "score": float(v)} for i, v in zip(row, values, strict=True)]
-        for row, values in zip(ids, scores, strict=True)
-    ]
+    rows, scores = index.search_rows(np.atleast_2d(queries), config.k)
+    return [_hits(index.item_ids, row, values) for row, values in zip(rows, scores, strict=True)]
 
 
 def history_answer(config: SearchConfig) -> list[dict]:
@@ -74,11 +80,9 @@ def history_answer(config: SearchConfig) -> list[dict]:
     method = run.recommender()
     with method.model.frozen_item_vectors():
         items, scores = rerank_batch(method, index, [history], config.k, config.k)
-    return [
-        {"item_id": int(dataset.item_ids[i]), "score": float(v), "text": dataset.item_text[i]}
-        for i, v in zip(items[0], scores[0], strict=True)
-        if i >= 0
-    ]
+    hits = _hits(dataset.item_ids, items[0], scores[0])
+    found = items[0][items[0] >= 0]
+    return [{**hit, "text": dataset.item_text[i]} for hit, i in zip(hits, found, strict=True)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--queries", type=Path, help="(Q, d) float32 .npy of query vectors")
     parser.add_argument("--checkpoint", type=Path, help="run dir: adapt to --history and search")
-    parser.add_argument("--history", type=int_list, help="raw item ids, oldest first")
+    parser.add_argument("--history", type=name_list, help="raw item ids, oldest first")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--output", type=Path, help="answers as JSON")
     add_remote_code_option(parser)

@@ -65,7 +65,8 @@ def write_json(path: Path, summary: dict[str, Any]) -> None:
 def write_per_user(
     path: Path, per_user: dict[str, dict[str, np.ndarray]], user_ids: np.ndarray
 ) -> None:
-    """Parquet with one row per (method, test user) and one column per metric."""
+    """Parquet with one row per (method, test user) and one column per metric; ``user_ids``
+    (U,) are the users' raw ids, integers or strings, and are written as they are."""
     frames = [
         pd.DataFrame({"method": method, "user_id": user_ids, **metrics})
         for method, metrics in per_user.items()

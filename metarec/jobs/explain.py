@@ -3,7 +3,8 @@
 Adapts the run to one history (a user's first ``support_size`` interactions, or raw item
 ids given with ``--history``), ranks the unseen items and, for each of the top ``k``,
 measures how much adaptation moved its score and which history items added most
-(`metarec.meta.explain`).
+(`metarec.meta.explain`). Ids, given and written, are the dataset's own (integers or
+strings, as its files hold them).
 
     metarec explain --checkpoint runs/demo --user 1 --k 5
 """
@@ -25,8 +26,9 @@ from metarec.options import (
     add_run_options,
     check_writable,
     history_indices,
-    int_list,
+    id_positions,
     job_config,
+    name_list,
 )
 from metarec.trained_run import TrainedRun
 
@@ -37,9 +39,9 @@ class ExplainConfig:
 
     run: Path
     data: DataConfig = field(default_factory=DataConfig)
-    user: int | None = None  # raw user id: explains its first support_size interactions
+    user: str | None = None  # raw user id: explains its first support_size interactions
     support_size: int = 10
-    history: list[int] | None = None  # raw item ids, oldest first
+    history: list[str] | None = None  # raw item ids, oldest first
     k: int = 5  # recommendations to explain
     output: Path | None = None  # the explanation as JSON
     trust_remote_code: bool = False
@@ -48,9 +50,9 @@ class ExplainConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser, "metarec train run dir")
-    parser.add_argument("--user", type=int, help="raw user id: explains its first interactions")
+    parser.add_argument("--user", help="raw user id: explains its first interactions")
     parser.add_argument("--support-size", type=int, default=10, help="with --user")
-    parser.add_argument("--history", type=int_list, help="raw item ids, oldest first")
+    parser.add_argument("--history", type=name_list, help="raw item ids, oldest first")
     parser.add_argument("--k", type=int, default=5, help="recommendations to explain")
     parser.add_argument("--output", type=Path, help="the explanation as JSON")
 
@@ -64,20 +66,25 @@ def run(config: ExplainConfig) -> None:
     dataset, method = trained.dataset, trained.recommender()
     if (config.user is None) == (config.history is None):
         raise MetarecError("explain: give --user (a user id of the dataset) or --history")
+    user_id = None
     if config.history is not None:
         history = history_indices(dataset, config.history)
     else:
-        users = np.flatnonzero(dataset.user_ids == config.user)
-        if len(users) == 0:
+        (user,) = id_positions(dataset.user_ids, [config.user])
+        if user < 0:
             raise MetarecError(f"--user {config.user}: no such user in {dataset.name}")
-        history = dataset.sequences()[users[0]][: config.support_size]
+        (user_id,) = dataset.user_ids[[user]].tolist()
+        history = dataset.sequences()[user][: config.support_size]
     scores = method.score([history])[0]
     scores[history] = -np.inf
     items = np.argsort(-scores, kind="stable")[: config.k]
     title = dataset.titles()
     answer = {
-        "user_id": config.user,
-        "history": [{"item_id": int(dataset.item_ids[i]), "title": title[i]} for i in history],
+        "user_id": user_id,
+        "history": [
+            {"item_id": item_id, "title": title[i]}
+            for i, item_id in zip(history, dataset.item_ids[history].tolist(), strict=True)
+        ],
         "recommendations": explained_items(method, history, items, title, dataset.item_ids),
     }
     print(f"history: {'; '.join(title[i] for i in history)}")

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from metarec.atomic import atomic_file
@@ -48,6 +47,7 @@ from metarec.options import (
     add_train_config_options,
     check_writable,
     from_args,
+    id_positions,
     int_list,
     name_list,
     train_config,
@@ -104,13 +104,12 @@ def sample_users(config: PipelineConfig, rows: pd.DataFrame) -> list[SampleUser]
     trained = TrainedRun(config.train.output_dir, config.train.data, remote_code, device)
     method, dataset = trained.recommender(), trained.dataset
     split = trained.split(config.rerank_support_size)
-    index_of = dataset.item_positions()
     titles = dataset.titles()
     users = []
     for case in split.test[: config.sample_users]:
         user_id = dataset.user_ids[case.user]
         top = rows[rows["user_id"] == user_id].sort_values("rank").head(5)
-        items = np.array([index_of[int(item)] for item in top["item_id"]])
+        items = id_positions(dataset.item_ids, top["item_id"])  # the rerank's raw ids
         explained = explained_items(method, case.history, items, titles, dataset.item_ids)
         recommendations = [
             (row["title"], row["score"], row["adaptation_delta"],

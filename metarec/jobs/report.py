@@ -2,12 +2,15 @@
 
 The report is assembled from plain data (tables already rendered, figure file names,
 explained sample users, provenance), so anything that produced those can write one. The
-HTML is the same Markdown rendered, with the figures inline.
+HTML is the same Markdown rendered, with the figures inline. Titles and user ids are shown
+as written in ``report.md`` (only what would break a table is escaped) and HTML-escaped
+only on their way into ``report.html``.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,30 +43,38 @@ class RunReport:
     provenance: dict
 
 
-def _cell(text: str) -> str:
-    """Item text safe inside a Markdown table cell and the HTML rendered from it."""
-    return html.escape(text).replace("|", "\\|")
+def markdown_cell(text: str) -> str:
+    """``text`` as written, safe inside a Markdown table cell: a ``|`` is escaped and line
+    breaks become spaces (either would end the cell or the row); nothing else changes."""
+    return " ".join(text.splitlines()).replace("|", "\\|")
 
 
-def _user_section(user: SampleUser) -> str:
+def html_cell(text: str) -> str:
+    """`markdown_cell` of ``text`` HTML-escaped, for the Markdown that becomes HTML (where
+    a title such as ``<b>`` must not become markup)."""
+    return markdown_cell(html.escape(text))
+
+
+def _user_section(user: SampleUser, cell: Callable[[str], str]) -> str:
     lines = [
-        f"### User {user.user_id}",
+        f"### User {cell(str(user.user_id))}",
         "",
         f"History ({len(user.history)} items, oldest first): "
-        + "; ".join(_cell(title) for title in user.history),
+        + "; ".join(cell(title) for title in user.history),
         "",
         "| # | recommended | score | adaptation changed it by | history items that added most |",
         "|---|---|---|---|---|",
     ]
     for rank, (title, score, delta, contributors) in enumerate(user.recommendations, start=1):
-        reasons = ", ".join(f"{_cell(name)} ({value:+.2f})" for name, value in contributors)
-        lines.append(f"| {rank} | {_cell(title)} | {score:.2f} | {delta:+.2f} | {reasons} |")
-    hits = "; ".join(_cell(t) for t in user.relevant_hits) if user.relevant_hits else "none"
+        reasons = ", ".join(f"{cell(name)} ({value:+.2f})" for name, value in contributors)
+        lines.append(f"| {rank} | {cell(title)} | {score:.2f} | {delta:+.2f} | {reasons} |")
+    hits = "; ".join(cell(t) for t in user.relevant_hits) if user.relevant_hits else "none"
     lines += ["", f"Of these, watched next by the user (held out): {hits}.", ""]
     return "\n".join(lines)
 
 
-def render_markdown(report: RunReport) -> str:
+def render_markdown(report: RunReport, cell: Callable[[str], str] = markdown_cell) -> str:
+    """The report as Markdown, item titles and user ids passed through ``cell``."""
     steps = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in report.steps.items())
     total = sum(report.steps.values())
     figures = "\n\n".join(
@@ -90,7 +101,7 @@ def render_markdown(report: RunReport) -> str:
             "inner steps minus before. *History items that added most*: how much the score "
             "drops when that item is left out of the history (leave-one-out, re-adapted).",
             "",
-            *[_user_section(user) for user in report.users],
+            *[_user_section(user, cell) for user in report.users],
             "## How long each step took",
             "",
             "| step | seconds |",
@@ -110,7 +121,7 @@ def render_markdown(report: RunReport) -> str:
 def write_report(folder: Path, report: RunReport) -> None:
     """Write ``report.md`` and ``report.html`` into ``folder`` (figures already there)."""
     text = render_markdown(report)
-    body = markdown.markdown(text, extensions=["tables"])
+    body = markdown.markdown(render_markdown(report, html_cell), extensions=["tables"])
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'>"
         f"<title>{html.escape(report.title)}</title>"

@@ -52,20 +52,26 @@ def explained_items(
     titles: list[str],
     item_ids: np.ndarray,
 ) -> list[dict]:
-    """`explain` as JSON-ready dicts with raw ids and titles, contributors best first."""
+    """`explain` as JSON-ready dicts with raw ids and titles, contributors best first.
+
+    ``item_ids`` (n_items,) raw ids by item index, integers or strings: each is written as
+    the Python int or str it is.
+    """
     answer = []
-    for rank, explanation in enumerate(explain(method, history, items), start=1):
+    history_ids = item_ids[history].tolist()
+    explained = zip(explain(method, history, items), item_ids[items].tolist(), strict=True)
+    for rank, (explanation, item_id) in enumerate(explained, start=1):
         order = np.argsort(-explanation.contributions, kind="stable")
         answer.append(
             {
                 "rank": rank,
-                "item_id": int(item_ids[explanation.item]),
+                "item_id": item_id,
                 "title": titles[explanation.item],
                 "score": explanation.score,
                 "adaptation_delta": explanation.adaptation_delta,
                 "contributors": [
                     {
-                        "item_id": int(item_ids[history[j]]),
+                        "item_id": history_ids[j],
                         "title": titles[history[j]],
                         "contribution": float(explanation.contributions[j]),
                     }
