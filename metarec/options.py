@@ -83,11 +83,13 @@ def job_config(
     config_class: type[T], args: argparse.Namespace, env: Environment, **given: Any
 ) -> T:
     """`from_args`, plus the fields a job's config takes from the shared options when it has
-    them: ``run`` (``--checkpoint``), ``data`` (`add_data_options`) and ``device``."""
+    them: ``run`` (``--checkpoint``), ``data`` (`add_data_options`; None for a job that reads
+    a run and was given no dataset: the run's own data) and ``device``."""
     fields = {field.name for field in dataclasses.fields(config_class)}
+    reads_run = "run" in fields or getattr(args, "checkpoint", None) is not None
     shared = {
         "run": lambda: args.checkpoint,
-        "data": lambda: data_config(args, env),
+        "data": lambda: data_config(args, env) if names_data(args) or not reads_run else None,
         "device": lambda: device_of(args, env),
     }
     filled = {name: value() for name, value in shared.items() if name in fields}
@@ -111,7 +113,11 @@ def name_list(text: str) -> list[str]:
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default="ml-100k", help="ml-100k, ml-1m or custom")
+    group.add_argument(
+        "--dataset",
+        help="ml-100k, ml-1m or custom (default: a job that reads a run uses the run's own "
+        "data; others ml-100k, or custom when --interactions is given)",
+    )
     group.add_argument(
         "--data-dir",
         type=Path,
@@ -158,10 +164,15 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def names_data(args: argparse.Namespace) -> bool:
+    """Whether ``--dataset``, ``--interactions`` or ``--data-dir`` says which data to read."""
+    return any(getattr(args, name) is not None for name in ("dataset", "interactions", "data_dir"))
+
+
 def data_config(args: argparse.Namespace, env: Environment) -> DataConfig:
     """The `DataConfig` of `add_data_options`' options, with the environment's defaults."""
     return DataConfig(
-        dataset=args.dataset,
+        dataset=args.dataset or ("custom" if args.interactions else "ml-100k"),
         data_dir=args.data_dir or env.data_dir,
         interactions=args.interactions,
         items=args.items,

@@ -61,7 +61,7 @@ class IndexBuildConfig:
     output: Path
     index: IndexConfig = field(default_factory=IndexConfig)
     run: Path | None = None  # a metarec train run dir; its checkpoint encodes the catalogue
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None  # None: the run's own data, as it was trained
     vectors: Path | None = None  # (N, d) float32 .npy, instead of a run
     item_ids: Path | None = None  # (N,) int or unicode .npy row -> item id; default 0..N-1
     encoder: str = "external"  # names the vectors' encoder when they come from a file

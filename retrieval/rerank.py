@@ -31,7 +31,7 @@ import json
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +73,7 @@ class RerankConfig:
     run: Path  # a metarec train run dir
     index: Path  # an index folder built from that run (metarec index build)
     output_dir: Path
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None  # None: the run's own data, as it was trained
     histories: Path | None = None  # CSV/Parquet user_id, item_id[, timestamp] (raw ids)
     split_users: str = "test"  # without histories: these users of the run's coldstart split
     support_size: int = 10  # ... each given its first support_size items

@@ -12,7 +12,7 @@ the index (or the run's dataset) holds, integers or strings as they are.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ class SearchConfig:
     queries: Path | None = None  # (Q, d) float32 .npy
     run: Path | None = None  # a metarec train run dir, with history
     history: list[str] | None = None  # raw item ids, oldest first
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None  # None: the run's own data, as it was trained
     k: int = 10
     output: Path | None = None  # answers as JSON
     trust_remote_code: bool = False

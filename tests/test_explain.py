@@ -59,3 +59,18 @@ def test_explain_command_lists_the_top_items_with_their_contributions(trained_ru
         assert [c["contribution"] for c in row["contributors"]] == sorted(
             by_item.values(), reverse=True
         )
+
+
+def test_a_run_job_without_data_options_reads_the_runs_own_data(trained_run, tmp_path):
+    """The run was trained on custom files: given no data option, explain reads those (the
+    default used to be ml-100k, whose catalogue the run does not score)."""
+    folder, _, data_options = trained_run
+    answers = []
+    for options in (data_options, []):
+        output = tmp_path / f"explain{len(options)}.json"
+        argv = ["explain", "--checkpoint", str(folder / "run"), "--user", "12", "--k", "3",
+                "--output", str(output), *options]  # fmt: skip
+        assert main(argv) == 0
+        answers.append(json.loads(output.read_text()))
+    assert answers[0] == answers[1]
+    assert answers[0]["user_id"] == 12

@@ -33,7 +33,7 @@ class BanditJobConfig:
 
     run: Path
     bandit: BanditConfig = field(default_factory=BanditConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None  # None: the run's own data, as it was trained
     output: Path | None = None  # results JSON
     plot: Path | None = None  # cumulative reward curves PNG
     trust_remote_code: bool = False

@@ -55,7 +55,7 @@ from metarec.trained_run import TrainedRun
 class EvaluateConfig:
     """What to evaluate: the data, the protocol, the methods and their hyper-parameters."""
 
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None  # None: the data of the --checkpoint run, else ml-100k
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     methods: list[str] = field(default_factory=lambda: ["pop", "itemknn"])
     hyperparameters: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +167,10 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     members = [name for name in (fusion.members if fused else []) if name not in config.methods]
     standalone = [name for name in config.methods if name not in FUSION_METHODS]
     _check_llm_methods(config, standalone + members)
+    if config.data is None:
+        config.data = (
+            TrainedRun(config.checkpoint).config.data if config.checkpoint else DataConfig()
+        )
     dataset = load_dataset(config.data)
     # the text baselines' item vectors, encoded (or read from the cache) when they are fitted
     text_vectors = partial(

@@ -12,7 +12,7 @@ strings, as its files hold them).
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ class ExplainConfig:
     """Which run, and whose history: a user of the dataset or raw item ids."""
 
     run: Path
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None  # None: the run's own data, as it was trained
     user: str | None = None  # raw user id: explains its first support_size interactions
     support_size: int = 10
     history: list[str] | None = None  # raw item ids, oldest first

@@ -32,7 +32,7 @@ class OnlineJobConfig:
 
     run: Path
     replay: OnlineConfig = field(default_factory=OnlineConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | None = None  # None: the run's own data, as it was trained
     strategies: list[str] = field(default_factory=lambda: ["none", "full", "incremental"])
     split_users: str = "test"  # valid: to pick settings
     output: Path | None = None  # results JSON
