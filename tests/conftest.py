@@ -26,6 +26,40 @@ REPO = Path(__file__).resolve().parents[1]
 FAISS_REASON = 'needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")'
 
 
+def tiny_user_model() -> UserModelConfig:
+    """The random-weight tiny Llama with small LoRA and id-only items that run fixtures train."""
+    return UserModelConfig(
+        backbone=BackboneConfig(name="tiny-llama"),
+        lora=LoRAConfig(rank=4, alpha=8.0),
+        text_encoder="none",
+        id_dim=16,
+        item_dim=16,
+    )
+
+
+def train_tiny_run(folder: Path, data: DataConfig, support_sizes=(5, 10)) -> TrainConfig:
+    """Train a tiny run into ``folder/run`` and index its catalogue flat in ``folder/index``."""
+    from retrieval.build import IndexBuildConfig, build_catalogue_index
+    from retrieval.index import IndexConfig
+
+    config = TrainConfig(
+        data=data,
+        model=tiny_user_model(),
+        meta=MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.5),
+        support_sizes=list(support_sizes),
+        pretrain_epochs=1,
+        epochs=1,
+        outer_lr=3e-3,
+        users_per_batch=16,
+        output_dir=folder / "run",
+    )
+    train(config)
+    build_catalogue_index(
+        IndexBuildConfig(folder / "index", IndexConfig("flat"), folder / "run", data)
+    )
+    return config
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     """The folder holding ml-100k: $METAREC_DATA_DIR, else ../shared/data beside the repo."""
@@ -44,8 +78,6 @@ def synthetic_dataset():
 def trained_run(tmp_path_factory):
     """A tiny meta-trained run on 120 synthetic users, its data options and a flat index."""
     pytest.importorskip("faiss", reason=FAISS_REASON)
-    from retrieval.build import IndexBuildConfig, build_catalogue_index
-    from retrieval.index import IndexConfig
 
     folder = tmp_path_factory.mktemp("rerank")
     raw = synthetic_raw(n_users=120, seed=4)
@@ -56,27 +88,7 @@ def trained_run(tmp_path_factory):
         items=folder / "items.csv",
         cache_dir=folder / "cache",
     )
-    config = TrainConfig(
-        data=data,
-        model=UserModelConfig(
-            backbone=BackboneConfig(name="tiny-llama"),
-            lora=LoRAConfig(rank=4, alpha=8.0),
-            text_encoder="none",
-            id_dim=16,
-            item_dim=16,
-        ),
-        meta=MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.5),
-        support_sizes=[5, 10],
-        pretrain_epochs=1,
-        epochs=1,
-        outer_lr=3e-3,
-        users_per_batch=16,
-        output_dir=folder / "run",
-    )
-    train(config)
-    build_catalogue_index(
-        IndexBuildConfig(folder / "index", IndexConfig("flat"), folder / "run", data)
-    )
+    train_tiny_run(folder, data)
     data_options = [
         "--dataset", "custom", "--interactions", str(data.interactions),
         "--items", str(data.items), "--cache-dir", str(data.cache_dir),

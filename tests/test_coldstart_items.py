@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_user_model
 
 from metarec.baselines import build_baseline
 from metarec.baselines.content import Content, ContentConfig
@@ -26,9 +27,6 @@ from metarec.eval.ranking import ranked_cases
 from metarec.jobs.evaluate import summarise
 from metarec.meta.algorithms import MetaConfig
 from metarec.meta.meta_step import MetaStepModule
-from metarec.models.backbone import BackboneConfig
-from metarec.models.lora import LoRAConfig
-from metarec.models.user_model import UserModelConfig
 from metarec.trained_run import TrainedRun
 from train.meta_train import MetaTrainRecipe, TrainConfig
 
@@ -160,13 +158,7 @@ def data_options(data):
 def tiny_config(data, output_dir, protocol="coldstart-items", algorithm="fomaml"):
     return TrainConfig(
         data=data,
-        model=UserModelConfig(
-            backbone=BackboneConfig(name="tiny-llama"),
-            lora=LoRAConfig(rank=4, alpha=8.0),
-            text_encoder="none",
-            id_dim=16,
-            item_dim=16,
-        ),
+        model=tiny_user_model(),
         meta=MetaConfig(algorithm=algorithm, inner_steps=2, inner_lr=0.5),
         protocol=protocol,
         support_sizes=[5, 10],

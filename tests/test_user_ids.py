@@ -21,6 +21,8 @@ import pytest
 
 pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
 
+from conftest import train_tiny_run
+
 from metarec.cli import main
 from metarec.data.dataset import Dataset
 from metarec.data.prepare import DataConfig, load_dataset
@@ -28,15 +30,10 @@ from metarec.data.synthetic import synthetic_raw
 from metarec.errors import MetarecError
 from metarec.jobs.pipeline import PipelineConfig, sample_users
 from metarec.jobs.report import RunReport, SampleUser, write_report
-from metarec.meta.algorithms import MetaConfig
-from metarec.models.backbone import BackboneConfig
-from metarec.models.lora import LoRAConfig
-from metarec.models.user_model import UserModelConfig
 from metarec.trained_run import TrainedRun
-from retrieval.build import IndexBuildConfig, build_catalogue_index
 from retrieval.index import IndexConfig, build_index, load_index, save_index
 from retrieval.shards import ShardStore
-from train.meta_train import TrainConfig, train
+from train.meta_train import TrainConfig
 
 SUPPORT, TOP_K = 5, 5
 RAW_IDS = {  # raw id of the synthetic dataset -> the id the test gives it
@@ -85,27 +82,7 @@ def id_run(request, tmp_path_factory) -> IdRun:
     """A tiny meta-trained run and its flat index, on integer or on string ids."""
     folder = tmp_path_factory.mktemp(f"ids-{request.param}")
     data = prepared(folder, *RAW_IDS[request.param])
-    config = TrainConfig(
-        data=data,
-        model=UserModelConfig(
-            backbone=BackboneConfig(name="tiny-llama"),
-            lora=LoRAConfig(rank=4, alpha=8.0),
-            text_encoder="none",
-            id_dim=16,
-            item_dim=16,
-        ),
-        meta=MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.5),
-        support_sizes=[SUPPORT, 10],
-        pretrain_epochs=1,
-        epochs=1,
-        outer_lr=3e-3,
-        users_per_batch=16,
-        output_dir=folder / "run",
-    )
-    train(config)
-    build_catalogue_index(
-        IndexBuildConfig(folder / "index", IndexConfig("flat"), folder / "run", data)
-    )
+    config = train_tiny_run(folder, data, support_sizes=(SUPPORT, 10))
     return IdRun(request.param, folder, data, config)
 
 
