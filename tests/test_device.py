@@ -158,9 +158,9 @@ def test_scoring_users_stays_on_the_model_device(monkeypatch):
 
 
 class StubIndex:
-    """An index answering every query with items 0..k-1 (the stub of a FAISS index)."""
+    """An index answering every query with rows 0..k-1 (the stub of a FAISS index)."""
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_rows(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         assert isinstance(queries, np.ndarray)  # FAISS takes host arrays
         ids = np.tile(np.arange(k, dtype=np.int64), (len(queries), 1))
         return ids, np.zeros((len(queries), k), dtype=np.float32)
