@@ -111,6 +111,13 @@ def name_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+# what `add_data_options` gives when an option is left out
+DATA_OPTION_DEFAULTS = {"user_col": "user_id", "item_col": "item_id", "k_core": 0,
+                        "id_type": "auto", "dedup": "first"}  # fmt: skip
+DATA_OPTIONS = ("dataset", "data_dir", "interactions", "items", "min_rating", "time_col",
+                "rating_col", "item_text_cols", *DATA_OPTION_DEFAULTS)  # fmt: skip
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
@@ -131,8 +138,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         "folder saved by datasets' save_to_disk (a DatasetDict's split: its subfolder)",
     )
     group.add_argument("--items", type=Path, help="custom: items table, in any of those forms")
-    group.add_argument("--user-col", default="user_id", help="custom: the user id column")
-    group.add_argument("--item-col", default="item_id", help="custom: the item id column")
+    defaults = DATA_OPTION_DEFAULTS
+    group.add_argument(
+        "--user-col", default=defaults["user_col"], help="custom: the user id column"
+    )
+    group.add_argument(
+        "--item-col", default=defaults["item_col"], help="custom: the item id column"
+    )
     group.add_argument(
         "--time-col",
         help="custom: the time column (seconds or ISO 8601 dates); default timestamp, and "
@@ -147,7 +159,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--id-type",
         choices=ID_TYPES,
-        default="auto",
+        default=defaults["id_type"],
         help="custom: auto reads a column of plain integers as integer ids, others as text; "
         "str reads every id as text",
     )
@@ -155,18 +167,20 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--dedup",
         choices=DEDUP_POLICIES,
-        default="first",
+        default=defaults["dedup"],
         help="a repeated (user, item) keeps its first interaction, its last, or all",
     )
-    group.add_argument("--k-core", type=int, default=0, help="k-core filter (0 = off)")
+    group.add_argument(
+        "--k-core", type=int, default=defaults["k_core"], help="k-core filter (0 = off)"
+    )
     group.add_argument(
         "--cache-dir", type=Path, help="default $METAREC_CACHE_DIR, else ~/.cache/metarec"
     )
 
 
 def names_data(args: argparse.Namespace) -> bool:
-    """Whether ``--dataset``, ``--interactions`` or ``--data-dir`` says which data to read."""
-    return any(getattr(args, name) is not None for name in ("dataset", "interactions", "data_dir"))
+    """Whether any data option (`add_data_options`, bar ``--cache-dir``) was given."""
+    return any(getattr(args, name) != DATA_OPTION_DEFAULTS.get(name) for name in DATA_OPTIONS)
 
 
 def data_config(args: argparse.Namespace, env: Environment) -> DataConfig:

@@ -45,6 +45,7 @@ from metarec.data.custom import read_table
 from metarec.data.dataset import Dataset
 from metarec.data.episodes import collate
 from metarec.data.prepare import DataConfig
+from metarec.data.sources import source_sha256
 from metarec.data.tables import Column
 from metarec.device import model_device, to_numpy
 from metarec.distributed.engine import DistributedConfig, init_process_group
@@ -234,7 +235,7 @@ def run_rerank(config: RerankConfig) -> dict:
     index = load_index(config.index, encoder=fingerprint, device=config.device)
     if config.histories is not None:
         inputs = file_inputs(config.histories, dataset)
-        source = {"histories": str(config.histories), "sha256": sha256_of(config.histories)}
+        source = {"histories": str(config.histories), "sha256": source_sha256(config.histories)}
     else:
         inputs = split_inputs(config, run)
         source = {"split_users": config.split_users, "support_size": config.support_size}

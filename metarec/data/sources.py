@@ -16,6 +16,7 @@ The columns' values are then converted by kind (`metarec.data.columns`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from metarec.data.columns import Column, missing_columns, repeated_names, typed_
 from metarec.data.raw import Origin
 from metarec.data.tables import read_csv_with_header
 from metarec.errors import DataError
+from metarec.hashing import sha256_of
 
 DELIMITERS = {".csv": ",", ".txt": ",", ".tsv": "\t", ".tab": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -113,7 +115,13 @@ def find_source(path: Path) -> Source:
         return _dataset_dict_split(path)
     if (path / "state.json").is_file():
         return _saved_dataset(path)
-    parts = tuple(sorted(part for part in path.rglob("*.parquet") if part.is_file()))
+    parts = tuple(
+        sorted(
+            part
+            for part in path.rglob("*")
+            if part.is_file() and part.suffix.lower() in PARQUET_SUFFIXES
+        )
+    )
     if not parts:
         raise DataError(
             path, "folder holds no .parquet parts and no saved datasets split (state.json)"
@@ -191,3 +199,11 @@ def read_source(
         frame = read_csv_with_header(path, columns, delimiter=delimiter, others=others)
         return frame, Origin(path)
     return _arrow_frame(source, columns, others)
+
+
+def source_sha256(path: Path) -> str:
+    """SHA-256 of a table wherever it lives: its files' own SHA-256s, in reading order."""
+    digest = hashlib.sha256()
+    for part in find_source(path).files:
+        digest.update(sha256_of(part).encode())
+    return digest.hexdigest()

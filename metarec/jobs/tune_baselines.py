@@ -8,8 +8,8 @@ by default): each trial fits a method on the protocol split's training histories
 its validation users (ndcg@10, full ranking); test users are never looked at. The output is
 a baselines YAML (every section of ``--baselines-config``, the tuned ones replaced by their
 best trial) for ``metarec evaluate --baselines-config``, with each method's trials beside it
-in ``<output>.trials.json``. ``pop`` has nothing to tune; EASE picks its ridge on validation
-by itself, so its search is over that list's centre.
+in ``<output>.trials.json``. ``pop`` has nothing to tune; for EASE each trial draws one ridge
+strength (written as a one-value ``lambdas`` list).
 """
 
 from __future__ import annotations
