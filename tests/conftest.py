@@ -37,6 +37,17 @@ def tiny_user_model() -> UserModelConfig:
     )
 
 
+def synthetic_files(folder: Path, n_users: int, seed: int) -> DataConfig:
+    """Write a synthetic dataset's CSVs into ``folder``; the `DataConfig` that reads them."""
+    synthetic_raw(n_users=n_users, seed=seed).write_csv(folder)
+    return DataConfig(
+        dataset="custom",
+        interactions=folder / "interactions.csv",
+        items=folder / "items.csv",
+        cache_dir=folder / "cache",
+    )
+
+
 def train_tiny_run(folder: Path, data: DataConfig, support_sizes=(5, 10)) -> TrainConfig:
     """Train a tiny run into ``folder/run`` and index its catalogue flat in ``folder/index``."""
     from retrieval.build import IndexBuildConfig, build_catalogue_index
@@ -80,14 +91,7 @@ def trained_run(tmp_path_factory):
     pytest.importorskip("faiss", reason=FAISS_REASON)
 
     folder = tmp_path_factory.mktemp("rerank")
-    raw = synthetic_raw(n_users=120, seed=4)
-    raw.write_csv(folder)
-    data = DataConfig(
-        dataset="custom",
-        interactions=folder / "interactions.csv",
-        items=folder / "items.csv",
-        cache_dir=folder / "cache",
-    )
+    data = synthetic_files(folder, n_users=120, seed=4)
     train_tiny_run(folder, data)
     data_options = [
         "--dataset", "custom", "--interactions", str(data.interactions),

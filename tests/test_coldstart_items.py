@@ -13,15 +13,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_user_model
+from conftest import synthetic_files, tiny_user_model
 
 from metarec.baselines import build_baseline
 from metarec.baselines.content import Content, ContentConfig
 from metarec.cli import main
 from metarec.data.episodes import collate, sample_episodes
-from metarec.data.prepare import DataConfig
 from metarec.data.splits import ProtocolConfig, UserCase, make_split
-from metarec.data.synthetic import synthetic_raw
 from metarec.errors import ConfigError, MetarecError
 from metarec.eval.ranking import ranked_cases
 from metarec.jobs.evaluate import summarise
@@ -140,14 +138,7 @@ def test_content_scores_are_mean_cosines_to_the_history():
 
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("synthetic")
-    synthetic_raw(n_users=120, seed=2).write_csv(folder)
-    return DataConfig(
-        dataset="custom",
-        interactions=folder / "interactions.csv",
-        items=folder / "items.csv",
-        cache_dir=folder / "cache",
-    )
+    return synthetic_files(tmp_path_factory.mktemp("synthetic"), n_users=120, seed=2)
 
 
 def data_options(data):

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import synthetic_files
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from metarec.data.episodes import EpisodeBatch, collate
 from metarec.data.prepare import DataConfig
-from metarec.data.synthetic import synthetic_raw
 from metarec.distributed import engine as engine_module
 from metarec.distributed.engine import DistributedConfig, LocalEngine, init_process_group
 from metarec.errors import ConfigError, MetarecError
@@ -201,14 +201,7 @@ def test_online_replay_stays_on_the_model_device(strategy, monkeypatch):
 
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory) -> DataConfig:
-    folder = tmp_path_factory.mktemp("synthetic")
-    synthetic_raw(n_users=80, seed=2).write_csv(folder)
-    return DataConfig(
-        dataset="custom",
-        interactions=folder / "interactions.csv",
-        items=folder / "items.csv",
-        cache_dir=folder / "cache",
-    )
+    return synthetic_files(tmp_path_factory.mktemp("synthetic"), n_users=80, seed=2)
 
 
 @pytest.mark.parametrize("algorithm", ["fomaml", "metasgd"])
