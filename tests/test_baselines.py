@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from metarec.baselines import build_baseline
+from metarec.baselines import build_baseline, itemknn
 from metarec.baselines.ease import ease_weights
+from metarec.baselines.itemknn import keep_top_k
+from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import coldstart_split
 from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
@@ -99,3 +101,37 @@ def test_hyperparameters_are_checked():
         build_baseline("userknn", {"userknn": {}})
     with pytest.raises(ConfigError, match="expected a list"):
         build_baseline("ease", {"ease": {"lambdas": 5}})
+
+
+def test_keep_top_k_equals_stable_sort_with_ties():
+    rng = np.random.default_rng(3)
+    matrix = rng.integers(0, 4, size=(40, 30)).astype(np.float32)  # many ties
+    for k in (1, 5, 29, 30):
+        order = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
+        expected = np.zeros_like(matrix)
+        np.put_along_axis(expected, order, np.take_along_axis(matrix, order, axis=1), axis=1)
+        np.testing.assert_array_equal(keep_top_k(matrix, k), expected)
+
+
+def test_blocked_sparse_neighbours_equal_dense_reference(split, monkeypatch):
+    monkeypatch.setattr(itemknn, "BLOCK_ITEMS", 7)  # several blocks, one partial
+    matrix = interaction_matrix(split.train_sequences, split.n_items).toarray().astype(float)
+    counts = matrix.sum(axis=0)
+    norms = np.sqrt(np.where(counts > 0, counts, 1.0))
+    dense = matrix.T @ matrix / norms[:, None] / norms[None, :]
+    np.fill_diagonal(dense, 0.0)
+    order = np.argsort(-dense, axis=1, kind="stable")[:, :10]
+    expected = np.zeros_like(dense)
+    np.put_along_axis(expected, order, np.take_along_axis(dense, order, axis=1), axis=1)
+    history = split.test[0].history
+    scores = fitted("itemknn", split, neighbours=10).score([history])[0]
+    np.testing.assert_allclose(scores, expected[history].sum(axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_item_methods_refuse_big_catalogues(split, monkeypatch):
+    monkeypatch.setattr(itemknn, "ALL_NEIGHBOURS_MAX_ITEMS", split.n_items - 1)
+    with pytest.raises(ConfigError, match="set itemknn.neighbours"):
+        fitted("itemknn", split, neighbours=None)
+    fitted("itemknn", split, neighbours=5)  # top-k neighbours stay allowed
+    with pytest.raises(ConfigError, match=r"the limit is ease.max_items = 100\. Use itemknn"):
+        fitted("ease", split, lambdas=[10.0], max_items=100)

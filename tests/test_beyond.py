@@ -44,6 +44,20 @@ def test_top_items_skip_the_history_and_break_ties_by_index():
     np.testing.assert_array_equal(top_items(scores, [sampled], 2), [[3, -1]])
 
 
+def test_top_items_equal_a_full_stable_sort():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 5, size=(30, 40)).astype(float)  # many ties
+    cases = [UserCase(u, history=rng.choice(40, 6, replace=False), relevant=np.array([0]))
+             for u in range(30)]  # fmt: skip
+    for k in (1, 10, 34, 40):
+        expected = []
+        for row, case in zip(scores, cases, strict=True):
+            allowed = np.setdiff1d(np.arange(40), case.history)
+            order = allowed[np.argsort(-row[allowed], kind="stable")][:k]
+            expected.append(np.pad(order, (0, k - len(order)), constant_values=-1))
+        np.testing.assert_array_equal(top_items(scores, cases, k), expected)
+
+
 def test_beyond_accuracy_reads_only_the_first_k_items():
     lists = np.array([[0, 1, 2, 3], [0, 1, 4, 5]])
     catalogue, per_user = beyond_accuracy(lists, 2, np.ones(6), 3, np.eye(6))

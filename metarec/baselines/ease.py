@@ -2,6 +2,9 @@
 
 B = I - P / diag(P) with P = (XᵀX + λI)⁻¹, and a user's scores are x_u B. The ridge
 strength λ is picked from ``lambdas`` by ndcg@10 on the validation users.
+
+EASE is dense by nature (an N×N inverse: N² floats and O(N³) time), so above
+``max_items`` it is refused rather than left to swap or run for hours.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from metarec.eval.recommender import Recommender
 @dataclass
 class EASEConfig:
     lambdas: list[float]
+    max_items: int = 20_000
 
     def __post_init__(self) -> None:
         if not self.lambdas or min(self.lambdas) <= 0:
@@ -41,8 +45,16 @@ class EASE(Recommender):
         self.ridge: float | None = None
 
     def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
-        matrix = interaction_matrix(train_sequences, n_items).astype(np.float64)
-        gram = matrix.T @ matrix
+        if n_items > self.config.max_items:
+            gigabytes = 3 * n_items**2 * 8 / 1e9  # the Gram matrix, its inverse, the weights
+            raise ConfigError(
+                f"ease: {n_items:,} items need dense {n_items:,}×{n_items:,} matrices "
+                f"(about {gigabytes:.0f} GB) and an O(N³) inverse; the limit is ease.max_items "
+                f"= {self.config.max_items:,}. Use itemknn with neighbours set, or raise "
+                f"ease.max_items in the baselines YAML"
+            )
+        matrix = interaction_matrix(train_sequences, n_items, dtype=np.float64)
+        gram = (matrix.T @ matrix).toarray()
         best = -1.0
         for ridge in self.config.lambdas:
             self.weights = ease_weights(gram, ridge)
@@ -52,5 +64,5 @@ class EASE(Recommender):
         self.weights = chosen
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
-        queries = interaction_matrix(histories, len(self.weights)).astype(np.float64)
-        return (queries @ self.weights).astype(np.float32)
+        queries = interaction_matrix(histories, len(self.weights), dtype=np.float64)
+        return np.asarray(queries @ self.weights, dtype=np.float32)

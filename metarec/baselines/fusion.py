@@ -6,6 +6,10 @@ popularity counts), so each user's scores are first standardised over the catalo
 simplex, give the best validation ndcg@10; ``fusion-stack`` learns the weights as a
 logistic regression of "is this item relevant" on the members' z-scores (a stacking
 model), class-balanced, over every non-history item of every validation user.
+
+Learning holds every member's scores for the validation users at once, (M, V, N), so at
+most ``max_valid_users`` of them (the first, in split order) are used: at 27k items and
+four members that is 0.9 GB.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from metarec.eval.recommender import Recommender
 class FusionConfig:
     members: list[str] = field(default_factory=lambda: ["meta-lora", "itemknn", "sasrec", "pop"])
     grid_step: float = 0.1  # fusion: weights are multiples of this, summing to 1
+    max_valid_users: int = 1000
 
 
 def zscores(scores: np.ndarray) -> np.ndarray:
@@ -128,6 +133,7 @@ class Fusion(Recommender):
                 self.prefitted.add(name)
         if not valid:
             raise ConfigError("fusion learns its weights on validation users; this split has none")
+        valid = valid[: self.config.max_valid_users]
         normalised = self._normalised([case.history for case in valid])
         if self.stacking:
             weights = stacking_weights(normalised, valid)

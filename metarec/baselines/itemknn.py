@@ -2,7 +2,8 @@
 
 Similarity is the cosine between item columns of the training users' 0/1 interaction
 matrix, without shrinkage; ``neighbours`` keeps only each item's top-k similarities
-(None keeps all, the reference protocol's setting).
+(None keeps all, the reference protocol's setting). The similarity matrix is sparse and
+built a block of items at a time, so a 27k-item catalogue never holds an N×N dense array.
 """
 
 from __future__ import annotations
@@ -10,10 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 
 from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
+from metarec.errors import ConfigError
+from metarec.eval.ranking import top_k_mask
 from metarec.eval.recommender import Recommender
+
+# Above this many items, "every item a neighbour" is an N×N matrix of GBs: refused.
+ALL_NEIGHBOURS_MAX_ITEMS = 20_000
+BLOCK_ITEMS = 1024  # rows of the item×item product densified at once: 1024 × N floats
 
 
 def keep_top_k(matrix: np.ndarray, k: int) -> np.ndarray:
@@ -21,12 +29,7 @@ def keep_top_k(matrix: np.ndarray, k: int) -> np.ndarray:
 
     Exactly ``k`` survive per row; among equal values the lower column index wins.
     """
-    if k >= matrix.shape[1]:
-        return matrix
-    top = np.argsort(-matrix, axis=1, kind="stable")[:, :k]
-    kept = np.zeros_like(matrix)
-    np.put_along_axis(kept, top, np.take_along_axis(matrix, top, axis=1), axis=1)
-    return kept
+    return np.where(top_k_mask(matrix, k), matrix, 0)
 
 
 @dataclass
@@ -34,25 +37,44 @@ class ItemKNNConfig:
     neighbours: int | None
 
 
-def cosine_item_similarity(matrix: np.ndarray) -> np.ndarray:
-    """(N, N) cosine between the columns of a (U, N) 0/1 matrix; unseen items get 0."""
-    co_counts = matrix.T @ matrix
-    norms = np.sqrt(np.diag(co_counts))
+def item_similarity(matrix: sp.csr_matrix, neighbours: int | None = None) -> sp.csr_matrix:
+    """(N, N) sparse cosine between the columns of a (U, N) 0/1 matrix; unseen items get 0.
+
+    With ``neighbours`` set, an item is not its own neighbour and each row keeps its
+    ``neighbours`` largest similarities (`keep_top_k`).
+    """
+    n_items = matrix.shape[1]
+    norms = np.sqrt(np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel())
     norms[norms == 0] = 1.0
-    return co_counts / norms[:, None] / norms[None, :]
+    by_item = matrix.T.tocsr()
+    blocks = []
+    for start in range(0, n_items, BLOCK_ITEMS):
+        stop = min(n_items, start + BLOCK_ITEMS)
+        co_counts = (by_item[start:stop] @ matrix).toarray()
+        block = (co_counts / norms[start:stop, None] / norms[None, :]).astype(np.float32)
+        if neighbours is not None:
+            block[np.arange(stop - start), np.arange(start, stop)] = 0.0
+            block = keep_top_k(block, neighbours)
+        blocks.append(sp.csr_matrix(block))
+    return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, 0), dtype=np.float32)
 
 
 class ItemKNN(Recommender):
     def __init__(self, config: ItemKNNConfig) -> None:
         self.config = config
-        self.similarity: np.ndarray | None = None
+        self.similarity: sp.csr_matrix | None = None
 
     def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
-        similarity = cosine_item_similarity(interaction_matrix(train_sequences, n_items))
-        if self.config.neighbours is not None:
-            np.fill_diagonal(similarity, 0.0)  # an item is not its own neighbour
-            similarity = keep_top_k(similarity, self.config.neighbours)
-        self.similarity = similarity.astype(np.float32)
+        if self.config.neighbours is None and n_items > ALL_NEIGHBOURS_MAX_ITEMS:
+            raise ConfigError(
+                f"itemknn.neighbours is null (every item a neighbour): with {n_items:,} items "
+                f"that is a dense {n_items:,}×{n_items:,} similarity; above "
+                f"{ALL_NEIGHBOURS_MAX_ITEMS:,} items set itemknn.neighbours (e.g. 100) in the "
+                f"baselines YAML"
+            )
+        matrix = interaction_matrix(train_sequences, n_items)
+        self.similarity = item_similarity(matrix, self.config.neighbours)
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
-        return np.stack([self.similarity[history].sum(axis=0) for history in histories])
+        queries = interaction_matrix(histories, self.similarity.shape[0], binary=False)
+        return np.asarray((queries @ self.similarity).todense(), dtype=np.float32)

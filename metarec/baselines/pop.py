@@ -22,7 +22,7 @@ class Pop(Recommender):
         self.counts: np.ndarray | None = None
 
     def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
-        self.counts = interaction_matrix(train_sequences, n_items).sum(axis=0)
+        self.counts = np.asarray(interaction_matrix(train_sequences, n_items).sum(axis=0)).ravel()
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
         return np.tile(self.counts, (len(histories), 1))

@@ -9,8 +9,25 @@ initial embeddings approximate the item-kNN cosine similarities.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import svds
 
 from metarec.data.matrix import interaction_matrix
+
+
+def _top_singular(matrix: sp.csr_matrix, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``rank`` largest singular values (descending) and right vectors (rank, N).
+
+    A truncated sparse SVD (ARPACK, fixed start vector: deterministic) keeps a 140k × 27k
+    matrix sparse; it needs rank < min(U, N), so smaller problems take the dense SVD.
+    """
+    if rank < min(matrix.shape) - 1:
+        start = np.ones(min(matrix.shape))
+        _, singular, right = svds(matrix, k=rank, v0=start, random_state=0)
+        order = np.argsort(-singular, kind="stable")
+        return singular[order], right[order]
+    _, singular, right = np.linalg.svd(matrix.toarray(), full_matrices=False)
+    return singular[:rank], right[:rank]
 
 
 def svd_item_embeddings(sequences: list[np.ndarray], n_items: int, dim: int) -> np.ndarray:
@@ -20,11 +37,11 @@ def svd_item_embeddings(sequences: list[np.ndarray], n_items: int, dim: int) -> 
     E = V_k diag(s_k) from its SVD, so E Eᵀ is the best rank-k approximation of XᵀX.
     """
     matrix = interaction_matrix(sequences, n_items, dtype=np.float64)
-    norms = np.linalg.norm(matrix, axis=0)
-    matrix /= np.where(norms > 0, norms, 1.0)
-    _, singular, right = np.linalg.svd(matrix, full_matrices=False)
-    rank = min(dim, len(singular))
+    norms = np.sqrt(np.asarray(matrix.sum(axis=0)).ravel())
+    matrix = matrix @ sp.diags(1.0 / np.where(norms > 0, norms, 1.0))
+    singular, right = _top_singular(matrix.tocsr(), min(dim, min(matrix.shape)))
+    rank = len(singular)
     embeddings = np.zeros((n_items, dim))
-    embeddings[:, :rank] = right[:rank].T * singular[:rank]
+    embeddings[:, :rank] = right.T * singular
     signs = np.sign(embeddings[np.abs(embeddings).argmax(axis=0), np.arange(dim)])
     return (embeddings * np.where(signs == 0, 1.0, signs)).astype(np.float32)
