@@ -122,8 +122,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset",
-        help="ml-100k, ml-1m or custom (default: a job that reads a run uses the run's own "
-        "data; others ml-100k, or custom when --interactions is given)",
+        help="ml-100k, ml-1m, ml-20m, ml-25m or custom (default: a job that reads a run uses "
+        "the run's own data; others ml-100k, or custom when --interactions is given)",
     )
     group.add_argument(
         "--data-dir",

@@ -28,12 +28,13 @@ CACHE_FORMAT = 2  # 2: reports name the dedup policy and the timestamps' source
 class DataConfig:
     """Which dataset to read and how to preprocess it.
 
-    ``dataset`` is a MovieLens release (``ml-100k``, ``ml-1m``) or ``custom``, which reads
-    ``interactions`` (and optionally ``items``) tables: CSV, TSV, Parquet files or folders,
-    saved `datasets` splits (`metarec.data.sources`). ``data_dir`` points at a local copy
-    of a release; without it the release is downloaded into ``cache_dir``. The column
-    names and ``id_type`` say how custom tables are read (`ColumnNames`); ``dedup`` which
-    of a repeated (user, item) pair's interactions are kept (`PreprocessOptions`).
+    ``dataset`` is a MovieLens release (``ml-100k``, ``ml-1m``, ``ml-20m``, ``ml-25m``) or
+    ``custom``, which reads ``interactions`` (and optionally ``items``) tables: CSV, TSV,
+    Parquet files or folders, saved `datasets` splits (`metarec.data.sources`). ``data_dir``
+    points at a local copy of a release; without it the release is downloaded into
+    ``cache_dir``. The column names and ``id_type`` say how custom tables are read
+    (`ColumnNames`); ``dedup`` which of a repeated (user, item) pair's interactions are kept
+    (`PreprocessOptions`).
     """
 
     dataset: str = "ml-100k"
