@@ -62,7 +62,7 @@ def _check_items(raw: RawData) -> None:
         return
     repeated = items["item_id"].duplicated()
     if repeated.any():
-        row = items[repeated].iloc[0]
+        row = items.loc[repeated, ["item_id", "line"]].iloc[0]
         first = items.loc[items["item_id"] == row["item_id"], "line"].iloc[0]
         raise raw.error(
             "items",
@@ -72,7 +72,9 @@ def _check_items(raw: RawData) -> None:
         )
     unknown = ~raw.interactions["item_id"].isin(items["item_id"])
     if unknown.any():
-        row = raw.interactions[unknown].iloc[0]
+        # by column, not .iloc[row]: a row across columns upcasts an integer id next to
+        # a float rating to float ("999.0")
+        row = raw.interactions.loc[unknown, ["item_id", "line"]].iloc[0]
         kinds = ""
         if _is_text(items["item_id"]) != _is_text(raw.interactions["item_id"]):
             kind = {True: "text", False: "integers"}
