@@ -86,6 +86,9 @@ class TrainConfig:
     # covering each whole training history, as SASRec trains: about 100 times more targets).
     pretrain_objective: str = "episodes"
     epochs: int = 1
+    # Caps every epoch at this many steps (0: no cap), to measure throughput on a big
+    # dataset without training on all of it; epochs still report their full batch count.
+    max_steps_per_epoch: int = 0
     outer_lr: float = 1e-3
     seed: int = 0
     output_dir: Path = Path("runs/meta")

@@ -197,3 +197,13 @@ def test_meta_lora_beats_noadapt_when_users_follow_their_own_rule(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(capsys):
     assert main(["evaluate", "--methods", "meta-lora"]) == 2
     assert "meta-lora and llm-finetune need --checkpoint" in capsys.readouterr().err
+
+
+def test_capped_epochs_take_the_cap_and_report_the_full_batch_count(data_config, tmp_path):
+    full = trained(tiny_config(data_config, tmp_path / "full"))
+    config = tiny_config(data_config, tmp_path / "capped")
+    config.max_steps_per_epoch = 2
+    capped = trained(config)
+    batches = full.history[0]["batches_in_epoch"]
+    assert batches > 2 and capped.history[0]["batches_in_epoch"] == batches
+    assert (full.step, capped.step) == (2 * batches, 4)

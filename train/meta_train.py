@@ -270,7 +270,8 @@ class MetaTrainRecipe:
         # every step has users_per_batch users, so ranks always get equal shares
         n_batches = len(episodes) // config.users_per_batch
         started, steps_before = time.perf_counter(), len(self.epoch_losses)
-        batches = range(self.position["batch"], n_batches)
+        last = min(n_batches, config.max_steps_per_epoch or n_batches)
+        batches = range(self.position["batch"], last)
         desc = f"{stage} epoch {epoch + 1}"
         for batch_index in tqdm(batches, desc=desc, unit="step", disable=not self.is_main):
             start = batch_index * config.users_per_batch
@@ -284,6 +285,7 @@ class MetaTrainRecipe:
             "epoch": epoch + 1,
             "objective": float(np.mean(self.epoch_losses)),
             "users_per_s": steps_now * config.users_per_batch / (time.perf_counter() - started),
+            "batches_in_epoch": n_batches,
             **self.validate(self.split.valid, meta),
         }
         self.end_epoch(stage, metrics, saved_as)
