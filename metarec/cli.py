@@ -26,6 +26,7 @@ from metarec.options import Environment
 # command name -> (module, one-line help); "group sub" names are nested (metarec index build)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data prepare": ("metarec.jobs.data_prepare", "validate, preprocess and cache a dataset"),
+    "data synth": ("metarec.jobs.data_synth", "write a synthetic dataset shaped like ml-20m"),
     "evaluate": ("metarec.jobs.evaluate", "evaluate methods on a protocol"),
     "train": ("train.meta_train", "meta-train the LLM user model's LoRA init"),
     "tune-baselines": (
