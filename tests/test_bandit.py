@@ -7,7 +7,8 @@ import pytest
 
 from metarec.cli import main
 from metarec.eval.metrics import bootstrap_ci
-from metarec.rl.bandit import LinearPolicy, LoggedEvent, replay
+from metarec.rl.bandit import BanditConfig, LinearPolicy, LoggedEvent, logged_events, replay
+from metarec.rl.env import best_unseen
 
 K = 4
 
@@ -64,3 +65,31 @@ def test_bandit_command_reports_every_policy(trained_run, tmp_path):
     assert results["events"] == 10 * results["users"]
     assert results["policies"]["greedy"]["vs_greedy"] == 1.0
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_the_log_draws_from_pools_of_a_few_users_scores_at_a_time():
+    """Pools found one user's scores at a time give the log the dense (U, N) scores give:
+    per round and user, arms drawn from the user's top unseen items, one shown."""
+    rng = np.random.default_rng(2)
+    scores = rng.normal(size=(6, 30)).astype(np.float32)
+    histories = [rng.choice(30, 4, replace=False) for _ in range(6)]
+    futures = [rng.choice(30, 6, replace=False) for _ in range(6)]
+    popularity = rng.integers(0, 50, 30)
+    config = BanditConfig(rounds=3, arms=3, pool=8, seed=1)
+    pools, pool_scores = best_unseen(lambda rows: scores[rows], histories, 30, 8, block_floats=30)
+    events = logged_events(pools, pool_scores, futures, popularity, config)
+    draws = np.random.default_rng(1)
+    want = []
+    for _ in range(3):
+        for user in range(6):
+            unseen = [i for i in range(30) if i not in histories[user]]
+            pool = sorted(unseen, key=lambda i: (-scores[user, i], i))[:8]
+            arms = draws.choice(pool, size=3, replace=False)
+            shown = int(draws.integers(3))
+            standard = (scores[user, arms] - scores[user, arms].mean()) / scores[user, arms].std()
+            features = np.column_stack([np.ones(3), standard, np.log1p(popularity[arms])])
+            want.append((features, shown, float(arms[shown] in futures[user])))
+    assert len(events) == len(want)
+    for event, (features, shown, reward) in zip(events, want, strict=True):
+        np.testing.assert_allclose(event.features, features, rtol=1e-6)
+        assert (event.shown, event.reward) == (shown, reward)

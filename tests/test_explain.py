@@ -74,3 +74,20 @@ def test_a_run_job_without_data_options_reads_the_runs_own_data(trained_run, tmp
         answers.append(json.loads(output.read_text()))
     assert answers[0] == answers[1]
     assert answers[0]["user_id"] == 12
+
+
+def test_leave_one_out_scores_come_a_batch_at_a_time(trained_run):
+    """Variants scored a few at a time, only the explained columns kept, give the scores
+    of all (1 + T, n_items) variants scored at once."""
+    folder, data, _ = trained_run
+    run = TrainedRun(folder / "run", data)
+    method, history = run.recommender(), run.dataset.sequences()[3][:7]
+    items = np.array([0, 5, 9])
+    variants = [history] + [np.delete(history, j) for j in range(len(history))]
+    whole = method.score(variants)[:, items]
+    method.batch_size = 3  # 8 variants: batches of 3, 3 and 2
+    for column, explanation in enumerate(explain(method, history, items)):
+        assert explanation.score == pytest.approx(whole[0, column], abs=1e-5)
+        np.testing.assert_allclose(
+            explanation.contributions, whole[0, column] - whole[1:, column], atol=1e-5
+        )

@@ -6,14 +6,18 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from gymnasium.utils.env_checker import check_env
+from safetensors.numpy import load_file, save_file
 
 from metarec.cli import main
+from metarec.errors import ConfigError, MetarecError
 from metarec.rl.env import (
     SimulatorConfig,
     SlateEnv,
     SlateSimulator,
+    best_unseen,
     genre_diversity,
     simulated_users,
 )
@@ -27,13 +31,14 @@ from metarec.rl.reinforce import (
 from metarec.rl.response import (
     ResponseFitConfig,
     ResponseModel,
-    calibration_examples,
-    co_occurrences,
+    check_neighbours,
     fit_logistic,
     fit_response_model,
     item_genres,
-    item_similarities,
+    similarities_and_examples,
 )
+from metarec.rl.run_files import load_scores, save_scores
+from metarec.rl.users import AdaptedScores, LogView, Users, simulated
 
 GENRES = ["Drama", "Comedy", "Action"]
 
@@ -47,8 +52,8 @@ def toy_response(n_items: int = 12, seed: int = 0) -> ResponseModel:
     genres = np.zeros((n_items, len(GENRES)), dtype=np.float32)
     genres[np.arange(n_items), np.arange(n_items) % len(GENRES)] = 1.0
     return ResponseModel(
-        similarities, np.array([4.0, 0.0, -1.0]), rng.random(n_items), np.arange(n_items) + 1,
-        genres, GENRES, ResponseFitConfig(),
+        sp.csr_matrix(similarities), np.array([4.0, 0.0, -1.0]), rng.random(n_items),
+        np.arange(n_items) + 1, genres, GENRES, ResponseFitConfig(),
     )  # fmt: skip
 
 
@@ -57,9 +62,11 @@ def toy_users(response: ResponseModel, config: SimulatorConfig, n_users: int = 4
     n_items = len(response.like_rates)
     supports = [rng.choice(n_items, 3, replace=False) for _ in range(n_users)]
     profiles = [np.r_[s, rng.choice(n_items, 2, replace=False)] for s in supports]
-    return simulated_users(
-        response, supports, profiles, rng.random((n_users, n_items)), config.candidates
+    scores = rng.random((n_users, n_items))
+    candidates, candidate_scores = best_unseen(
+        lambda rows: scores[rows], supports, n_items, config.candidates
     )
+    return simulated_users(response, supports, profiles, candidates, candidate_scores)
 
 
 @pytest.fixture
@@ -167,37 +174,82 @@ def test_repeated_positions_are_shown_once(toy_env):
     assert again.clicks[0].tolist() == [False, True, False]  # 2 was consumed
 
 
-def test_cosine_similarities_against_a_direct_formula():
-    sequences = [np.array([0, 1]), np.array([1, 2]), np.array([0, 1, 2])]
-    matrix = np.zeros((3, 3))
+def dense_similarities(sequences: list[np.ndarray], n_items: int, neighbours: int | None):
+    """The reference: item columns' cosine from a dense 0/1 matrix, pair by pair, zero for an
+    item and itself; with ``neighbours``, each row's that many largest kept (ties: lower id)."""
+    matrix = np.zeros((len(sequences), n_items))
     for user, items in enumerate(sequences):
         matrix[user, items] = 1
-    similarities = item_similarities(co_occurrences(sequences, 3))
-    for i in range(3):
-        for j in range(3):
+    similarities = np.zeros((n_items, n_items))
+    for i in range(n_items):
+        for j in range(n_items):
             a, b = matrix[:, i], matrix[:, j]
-            want = 0.0 if i == j else a @ b / np.linalg.norm(a) / np.linalg.norm(b)
-            assert similarities[i, j] == pytest.approx(want, abs=1e-6)
+            if i != j and a.any() and b.any():
+                similarities[i, j] = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    if neighbours is not None:
+        for row in similarities:
+            order = sorted(range(n_items), key=lambda j: (-row[j], j))
+            row[order[neighbours:]] = 0.0
+    return similarities
 
 
-def test_calibration_scores_each_user_as_if_left_out():
-    """A user's examples use similarities and popularity computed without that user."""
-    rng = np.random.default_rng(2)
-    sequences = [rng.choice(15, int(rng.integers(5, 10)), replace=False) for _ in range(12)]
-    config = ResponseFitConfig(negatives_per_positive=2)
-    features, labels, users, items = calibration_examples(
-        sequences, co_occurrences(sequences, 15), config
+def random_sequences(seed: int, n_users: int = 12, n_items: int = 15) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.choice(n_items, int(rng.integers(5, 10)), replace=False) for _ in range(n_users)]
+
+
+@pytest.mark.parametrize("neighbours", [None, 3])
+@pytest.mark.parametrize("block_floats", [1 << 24, 2 * 15, 1])  # one block; 2 rows; 1 row
+def test_sparse_similarities_equal_the_dense_formula(neighbours, block_floats):
+    sequences = random_sequences(3)
+    config = ResponseFitConfig(neighbours=neighbours)
+    similarities, *_ = similarities_and_examples(sequences, 15, config, block_floats)
+    assert sp.issparse(similarities)
+    want = dense_similarities(sequences, 15, neighbours)
+    np.testing.assert_allclose(similarities.toarray(), want, atol=1e-6)
+    if neighbours is not None:
+        assert (np.diff(similarities.indptr) <= neighbours).all()
+
+
+@pytest.mark.parametrize("neighbours", [None, 3])
+@pytest.mark.parametrize("block_floats", [1 << 24, 2 * 15])
+def test_calibration_scores_each_user_as_if_left_out(neighbours, block_floats):
+    """A user's examples use similarities and popularity computed without that user; with
+    ``neighbours``, only the neighbours chosen on all users count."""
+    sequences = random_sequences(2)
+    config = ResponseFitConfig(negatives_per_positive=2, neighbours=neighbours)
+    _, features, labels, users, items = similarities_and_examples(
+        sequences, 15, config, block_floats
     )
+    kept = dense_similarities(sequences, 15, neighbours) != 0
     for user in (0, 5):
         others = [s for u, s in enumerate(sequences) if u != user]
-        similarities = item_similarities(co_occurrences(others, 15))
-        popularity = np.diag(co_occurrences(others, 15))
+        similarities = dense_similarities(others, 15, None)
+        popularity = np.bincount(np.concatenate(others), minlength=15)
         profile = sequences[user][: int(0.8 * len(sequences[user]))]
         mine = users == user
-        want = similarities[np.ix_(items[mine], profile)].mean(1)
+        block = np.ix_(items[mine], profile)
+        if neighbours is None:
+            want = similarities[block].mean(1)
+        else:
+            want = np.where(kept[block], similarities[block], 0.0).mean(1)
         np.testing.assert_allclose(features[mine, 0], want, atol=1e-6)
         np.testing.assert_allclose(features[mine, 1], np.log1p(popularity[items[mine]]))
         assert labels[mine].sum() == len(sequences[user]) - len(profile)
+
+
+def test_all_neighbours_are_refused_above_the_limit():
+    check_neighbours(40, None, limit=40)
+    check_neighbours(41, 10, limit=40)
+    with pytest.raises(ConfigError) as refused:
+        check_neighbours(41, None, limit=40)
+    assert str(refused.value) == (
+        "response.neighbours is null (every item a neighbour): with 41 items the simulator's "
+        "similarities are a dense 41×41 matrix (0.0 GB); above 40 items set "
+        "response.neighbours (e.g. 100) in the RL config"
+    )
+    with pytest.raises(ConfigError, match="response.neighbours 0: expected >= 1"):
+        ResponseFitConfig(neighbours=0)
 
 
 def test_logistic_fit_recovers_known_weights():
@@ -208,12 +260,13 @@ def test_logistic_fit_recovers_known_weights():
     np.testing.assert_allclose(fit_logistic(features, labels.astype(float)), truth, atol=0.08)
 
 
-def test_response_model_fit_and_round_trip(tmp_path):
+@pytest.mark.parametrize("neighbours", [None, 5])
+def test_response_model_fit_and_round_trip(tmp_path, neighbours):
     rng = np.random.default_rng(0)
     texts = [f"Film {i} | {GENRES[i % 3]}, {GENRES[(i + 1) % 3]}" for i in range(30)]
     sequences = [rng.choice(30, 12, replace=False) for _ in range(40)]
     ratings = [rng.integers(1, 6, 12).astype(float) for _ in range(40)]
-    config = ResponseFitConfig(like_prior_weight=2.0)
+    config = ResponseFitConfig(like_prior_weight=2.0, neighbours=neighbours)
     model = fit_response_model(sequences, ratings, texts, config)
     items, values = np.concatenate(sequences), np.concatenate(ratings)
     overall = (values >= 4).mean()
@@ -225,12 +278,33 @@ def test_response_model_fit_and_round_trip(tmp_path):
     assert names == sorted(GENRES) and genres.sum(1).tolist() == [2.0] * 30
     model.save(tmp_path / "simulator")
     loaded = ResponseModel.load(tmp_path / "simulator")
-    np.testing.assert_array_equal(loaded.similarities, model.similarities)
+    np.testing.assert_array_equal(loaded.similarities.toarray(), model.similarities.toarray())
+    assert loaded.fit == config
     np.testing.assert_array_equal(loaded.calibration, model.calibration)
     profile = sequences[0]
     np.testing.assert_allclose(
         loaded.click_probabilities(profile, np.arange(30)),
         model.click_probabilities(profile, np.arange(30)),
+    )
+    affinity = model.affinity(profile, np.arange(30))
+    np.testing.assert_allclose(
+        affinity, model.similarities.toarray()[:, profile].mean(1), rtol=1e-6
+    )
+
+
+def test_a_response_model_saved_with_dense_similarities_still_loads(tmp_path):
+    """Models saved before neighbours were sparse hold a dense (N, N) ``similarities``."""
+    model = toy_response()
+    model.save(tmp_path / "simulator")
+    path = tmp_path / "simulator" / "response.safetensors"
+    tensors = load_file(str(path))
+    for name in ("neighbour_indptr", "neighbour_indices", "neighbour_similarities"):
+        del tensors[name]
+    save_file({**tensors, "similarities": model.similarities.toarray()}, str(path))
+    loaded = ResponseModel.load(tmp_path / "simulator")
+    profile, items = np.array([1, 4, 5]), np.arange(12)
+    np.testing.assert_array_equal(
+        loaded.click_probabilities(profile, items), model.click_probabilities(profile, items)
     )
 
 
@@ -419,3 +493,54 @@ def test_slot_probabilities_of_greedy_and_softmax():
     soft = slot_probabilities(score_logits(), context, item_side, 2, sample=True)[0]
     assert soft.sum().item() == pytest.approx(1.0) and soft[5] == 0
     assert torch.argsort(soft[:5], descending=True).tolist() == [1, 3, 0, 4, 2]
+
+
+def test_candidates_and_catalogue_scores_come_a_few_users_at_a_time():
+    """Candidates from blocks of users' score rows equal the dense (U, n_items) reference's
+    best unseen items; the logs' catalogue view holds each event's own row, z-scored with
+    its user's candidates."""
+    rng = np.random.default_rng(4)
+    adapted = AdaptedScores(rng.normal(size=(7, 4)), rng.normal(size=(20, 4)))
+    dense = adapted.states @ adapted.item_vectors.T
+    sequences = [rng.choice(20, int(rng.integers(4, 8)), replace=False) for _ in range(7)]
+    supports = [s[:3] for s in sequences]
+    for block_floats in (1 << 24, 2 * 20, 1):  # every user at once; two; one
+        items, scores = best_unseen(adapted.rows, supports, 20, 5, block_floats)
+        for user, support in enumerate(supports):
+            want = sorted(set(range(20)) - set(support), key=lambda i: (-dense[user, i], i))[:5]
+            assert items[user].tolist() == want
+            np.testing.assert_allclose(scores[user], dense[user, want])
+    users = Users(np.arange(7), sequences, [np.full(len(s), 4.0) for s in sequences], adapted)
+    sessions = logged_sessions(sequences, users.ratings, 3, 4, 0.9, 1.0, 1.0, 4.0)
+    view = LogView(sessions, users, simulated(users, toy_response(20), 3, 5), 2, 2)
+    events = np.arange(len(sessions))
+    context = view.context(events, over_candidates=False)
+    rows = sessions.rows
+    candidate_scores = dense[rows[:, None], view.simulated.candidates[rows]]
+    want = (dense[rows] - candidate_scores.mean(1, keepdims=True)) / candidate_scores.std(
+        1, keepdims=True
+    )
+    np.testing.assert_allclose(context.scores.numpy(), want, rtol=1e-5, atol=1e-5)
+    assert context.items.tolist() == [list(range(20))] * len(events)
+    for event, (row, step) in enumerate(zip(rows, sessions.steps, strict=True)):
+        held = np.isin(np.arange(20), sequences[row][:step])
+        assert context.consumed[event].tolist() == held.tolist()
+
+
+def test_adapted_scores_are_saved_as_states_and_old_dense_files_are_named(tmp_path):
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(9, 3)).astype(np.float32)
+    adapted = {side: AdaptedScores(rng.normal(size=(n, 3)).astype(np.float32), vectors)
+               for side, n in (("train", 4), ("test", 2))}  # fmt: skip
+    users = {"train": np.arange(4), "test": np.array([7, 9])}
+    path = tmp_path / "adapted_scores.safetensors"
+    save_scores(path, users, adapted)
+    loaded_users, loaded = load_scores(path, ("train", "test"))
+    assert loaded_users["test"].tolist() == [7, 9]
+    np.testing.assert_array_equal(
+        loaded["train"].rows(np.arange(4)), adapted["train"].rows(np.arange(4))
+    )
+    dense = {f"{side}_scores": adapted[side].rows(np.arange(len(users[side]))) for side in users}
+    save_file({**{f"{s}_users": u for s, u in users.items()}, **dense}, str(path))
+    with pytest.raises(MetarecError, match="dense \\(users × items\\) adapted scores"):
+        load_scores(path, ("train", "test"))

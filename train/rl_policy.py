@@ -6,8 +6,9 @@
 Top to bottom:
 
 1. The base run (a coldstart meta-lora run, trained first from ``base_config`` when it has
-   no checkpoint) adapts to every meta-train and test user's support and scores the
-   catalogue; the users are those of the run's own split (`metarec/rl/users.py`).
+   no checkpoint) adapts to every meta-train and test user's support; each user's adapted
+   state and the item vectors are its catalogue scores, computed a few users at a time
+   when needed; the users are those of the run's own split (`metarec/rl/users.py`).
 2. The response model is fitted on meta-train users; simulated meta-train users train the
    policy, simulated test users evaluate it (`metarec/rl/env.py`).
 3. A behaviour policy is estimated on the meta-train users' logs (which item came next).
@@ -18,8 +19,8 @@ Top to bottom:
    estimates on the test users' logs (`metarec/rl/offline_eval.py`).
 
 Everything `metarec rl evaluate` (`metarec/jobs/rl_evaluate.py`) needs is saved in the
-output dir (`metarec/rl/run_files.py`): the config, the response model, the adapted scores,
-the behaviour and learned policies (safetensors).
+output dir (`metarec/rl/run_files.py`): the config, the response model, the adapted states
+and item vectors, the behaviour and learned policies (safetensors).
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ from tqdm import tqdm
 from metarec.atomic import atomic_dir
 from metarec.config import from_mapping
 from metarec.data.dataset import Dataset
+from metarec.data.episodes import collate
 from metarec.data.prepare import DataConfig
+from metarec.device import model_device, to_numpy
 from metarec.errors import ConfigError, MetarecError
+from metarec.meta.personalise import adapted_states
+from metarec.meta.recommender import LLMRecommender
 from metarec.options import (
     Environment,
     add_train_config_options,
@@ -61,9 +66,22 @@ from metarec.rl.policy import (
     state_features,
 )
 from metarec.rl.reinforce import discounted_returns, off_policy_loss, on_policy_loss
-from metarec.rl.response import ResponseFitConfig, ResponseModel, fit_response_model
+from metarec.rl.response import (
+    ResponseFitConfig,
+    ResponseModel,
+    check_neighbours,
+    fit_response_model,
+)
 from metarec.rl.simulated_eval import Policies, compare_returns
-from metarec.rl.users import LogView, Users, sessions_of, simulated, split_sides, users_of
+from metarec.rl.users import (
+    AdaptedScores,
+    LogView,
+    Users,
+    sessions_of,
+    simulated,
+    split_sides,
+    users_of,
+)
 from metarec.trained_run import TrainConfig, TrainedRun
 
 
@@ -131,15 +149,31 @@ class RLConfig:
             raise ConfigError(f"support_size {self.support_size}: expected at least 1")
 
 
+def states_and_item_vectors(method: LLMRecommender, histories: list[np.ndarray]) -> AdaptedScores:
+    """The adapted scores of ``histories`` as ``method.score`` computes them (adapting on
+    each one's last ``max_len`` items, ``batch_size`` users at a time), kept as the factors
+    its (U, n_items) product would be: (U, d) states and (n_items, d) item vectors."""
+    model, size = method.model, method.batch_size
+    device, states = model_device(model), []
+    with model.frozen_item_vectors():
+        for start in range(0, len(histories), size):
+            part = [h[-model.config.max_len :] for h in histories[start : start + size]]
+            batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part), device)
+            state = adapted_states(model, batch, method.meta, method.rates, method.inner_steps)
+            states.append(to_numpy(state))
+        item_vectors = to_numpy(model.item_vectors())
+    return AdaptedScores(np.concatenate(states), item_vectors)
+
+
 def adapted_scores_of(
     config: RLConfig,
     base_train: TrainConfig | None,
     trust_remote_code: bool,
     device: str = "cpu",
-) -> tuple[Dataset, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(dataset, {side: (U,) users}, {side: (U, n_items) scores}) from the base run, trained
-    first if missing (on the device its config names), adapted and scored on ``device``;
-    the sides are the run's coldstart split (`metarec.rl.users`)."""
+) -> tuple[Dataset, dict[str, np.ndarray], dict[str, AdaptedScores]]:
+    """(dataset, {side: (U,) users}, {side: adapted scores}) from the base run, trained
+    first if missing (on the device its config names), adapted on ``device``; the sides are
+    the run's coldstart split (`metarec.rl.users`)."""
     if not (config.base_run / "checkpoint").is_dir():
         if base_train is None:
             raise MetarecError(
@@ -152,13 +186,14 @@ def adapted_scores_of(
     run = TrainedRun(config.base_run, config.data, trust_remote_code, device)
     run.check_compatible("coldstart", config.split_seed)
     method, dataset = run.recommender(), run.dataset
+    check_neighbours(dataset.n_items, config.response.neighbours)  # before adapting, not after
     sequences = dataset.sequences()
     sides = split_sides(run.split(config.support_size))
-    scores = {
-        side: method.score([sequences[u][: config.support_size] for u in users])
+    adapted = {
+        side: states_and_item_vectors(method, [sequences[u][: config.support_size] for u in users])
         for side, users in tqdm(sides.items(), desc="adapt to supports", unit="side")
     }
-    return dataset, sides, scores
+    return dataset, sides, adapted
 
 
 def simulated_side(users: Users, response: ResponseModel, config: RLConfig) -> SimulatedUsers:
@@ -334,13 +369,13 @@ def train(
     complete: a failure leaves the earlier run whole, never its files mixed with new ones.
     """
     # 1. adapted scores for every meta-train and test user
-    dataset, sides, scores = adapted_scores_of(config, base_train, trust_remote_code, device)
+    dataset, sides, adapted = adapted_scores_of(config, base_train, trust_remote_code, device)
     with atomic_dir(config.output_dir) as out:
         run_files.write_description(out, asdict(config), config.seed)
-        run_files.save_scores(out / run_files.SCORES, sides, scores)
+        run_files.save_scores(out / run_files.SCORES, sides, adapted)
 
         # 2. response model and simulated meta-train users
-        train_users = users_of(dataset, sides["train"], scores["train"])
+        train_users = users_of(dataset, sides["train"], adapted["train"])
         response = fit_response_model(
             train_users.sequences, train_users.ratings, dataset.item_text, config.response
         )
@@ -363,7 +398,7 @@ def train(
         run_files.save_module(policy, out / run_files.POLICY)
 
         # 6. evaluation on test users
-        test_users = users_of(dataset, sides["test"], scores["test"])
+        test_users = users_of(dataset, sides["test"], adapted["test"])
         results = evaluate(config, test_users, response, behaviour, policy.eval())
         run_files.write_results(out, results)
     return results

@@ -54,7 +54,7 @@ def evaluate_run(
     dataset = base.dataset
     sides = split_sides(base.split(config.support_size))
     scores_path = run_dir / run_files.SCORES
-    saved_users, scores = run_files.load_scores(scores_path, SIDES)
+    saved_users, adapted = run_files.load_scores(scores_path, SIDES)
     for side, users in sides.items():
         if not np.array_equal(saved_users[side], users):
             raise MetarecError(
@@ -66,13 +66,13 @@ def evaluate_run(
     run_files.load_module(policy, run_dir / run_files.POLICY)
     behaviour = mlp(n_item_features(config.simulator.shown_window), config.reinforce.hidden)
     run_files.load_module(behaviour, run_dir / run_files.BEHAVIOUR)
-    for width, what in ((scores["test"].shape[1], run_files.SCORES),
+    for width, what in ((adapted["test"].n_items, run_files.SCORES),
                         (len(response.like_rates), f"{run_files.SIMULATOR}/")):  # fmt: skip
         if width != dataset.n_items:
             raise MetarecError(
                 f"{run_dir / what}: made for {width} items, the data has {dataset.n_items}"
             )
-    test = users_of(dataset, sides["test"], scores["test"])
+    test = users_of(dataset, sides["test"], adapted["test"])
     return evaluate(config, test, response, behaviour, policy)
 
 

@@ -32,7 +32,11 @@ def explain(method: LLMRecommender, history: np.ndarray, items: np.ndarray) -> l
     if len(history) < 2:
         raise MetarecError("an explanation needs a history of at least 2 items")
     variants = [history] + [np.delete(history, j) for j in range(len(history))]
-    scores = method.score(variants)[:, items]  # (1 + T, R)
+    # a batch of variants at a time, keeping only the R items' columns: a long history's
+    # (1 + T, n_items) scores are never held whole (the batches are those score makes)
+    size = method.batch_size
+    batches = [variants[start : start + size] for start in range(0, len(variants), size)]
+    scores = np.concatenate([method.score(batch)[:, items] for batch in batches])  # (1 + T, R)
     unadapted = LLMRecommender(method.model, method.meta, method.rates, 0).score([history])
     return [
         Explanation(

@@ -25,6 +25,7 @@ from metarec.data.splits import Split
 from metarec.errors import ConfigError
 from metarec.eval.beyond import user_counts
 from metarec.eval.metrics import bootstrap_ci
+from metarec.rl.env import best_unseen
 
 POLICIES = ("greedy", "epsilon-greedy", "linucb", "thompson")
 
@@ -103,27 +104,24 @@ class BanditConfig:
 
 
 def logged_events(
-    scores: np.ndarray,
-    histories: list[np.ndarray],
+    pools: np.ndarray,
+    pool_scores: np.ndarray,
     futures: list[np.ndarray],
     popularity: np.ndarray,
     config: BanditConfig,
 ) -> list[LoggedEvent]:
-    """A uniform-random log for users with (U, N) adapted ``scores``: per user and round,
-    ``arms`` items drawn from the top ``pool`` unseen, one shown at random, reward 1 if
-    the user took it later (its ``futures``). Users are interleaved round by round."""
+    """A uniform-random log for users with (U, pool) top unseen items ``pools`` and their
+    (U, pool) adapted ``pool_scores``: per user and round, ``arms`` of them drawn, one shown
+    at random, reward 1 if the user took it later (its ``futures``). Users are interleaved
+    round by round."""
     rng = np.random.default_rng(config.seed)
-    pools = []
-    for user_scores, history in zip(scores, histories, strict=True):
-        allowed = user_scores.copy()
-        allowed[history] = -np.inf
-        pools.append(np.argsort(-allowed, kind="stable")[: config.pool])
     events = []
     for _ in range(config.rounds):
         for user, pool in enumerate(pools):
-            arms = rng.choice(pool, size=config.arms, replace=False)
+            drawn = rng.choice(len(pool), size=config.arms, replace=False)
+            arms = pool[drawn]
             shown = int(rng.integers(config.arms))
-            features = arm_features(scores[user, arms], popularity[arms])
+            features = arm_features(pool_scores[user, drawn], popularity[arms])
             reward = float(arms[shown] in set(futures[user].tolist()))
             events.append(LoggedEvent(features, shown, reward))
     return events
@@ -136,12 +134,15 @@ def compare_policies(
     config: BanditConfig,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Replay every policy on one log of ``split``'s test users (given their support, what
-    they took after it read from ``sequences``), scored by the adapted model's ``score``;
-    results and the counted rewards of each policy."""
+    they took after it read from ``sequences``), scored by the adapted model's ``score`` a
+    few users at a time; results and the counted rewards of each policy."""
     histories = [case.history for case in split.test]
     futures = [sequences[case.user][len(case.history) :] for case in split.test]
     popularity = user_counts(split.train_sequences, split.n_items)
-    events = logged_events(score(histories), histories, futures, popularity, config)
+    pools, pool_scores = best_unseen(
+        lambda rows: score([histories[row] for row in rows]), histories, split.n_items, config.pool
+    )
+    events = logged_events(pools, pool_scores, futures, popularity, config)
     rewards = {
         kind: replay(LinearPolicy(kind, 3, config.alpha, config.epsilon, config.seed), events)
         for kind in POLICIES

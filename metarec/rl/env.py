@@ -22,6 +22,7 @@ clicked again). Episodes end when the user leaves or after ``horizon`` steps.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium
@@ -30,6 +31,8 @@ from gymnasium import spaces
 
 from metarec.errors import ConfigError
 from metarec.rl.response import ResponseModel
+
+SCORE_BLOCK_FLOATS = 1 << 24  # adapted scores computed at once (64 MB of float32)
 
 
 @dataclass
@@ -77,26 +80,52 @@ class SimulatedUsers:
         return len(self.supports)
 
 
+def top_unseen(scores: np.ndarray, seen: list[np.ndarray], n: int) -> np.ndarray:
+    """(B, n) item ids of each row's ``n`` best (B, n_items) ``scores`` outside its ``seen``
+    items, best first; ties go to the lower id."""
+    allowed = scores.astype(np.float64, copy=True)
+    for row, items in enumerate(seen):
+        allowed[row, items] = -np.inf
+    return np.argsort(-allowed, axis=1, kind="stable")[:, :n]
+
+
+def best_unseen(
+    score_rows: Callable[[np.ndarray], np.ndarray],
+    seen: list[np.ndarray],
+    n_items: int,
+    n: int,
+    block_floats: int = SCORE_BLOCK_FLOATS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`top_unseen` for U users, and the (U, n) scores of those items. ``score_rows`` gives
+    the (B, n_items) scores of user rows (B,); it is asked for about ``block_floats`` scores
+    at a time, so the (U, n_items) scores are never held at once."""
+    block = max(1, block_floats // max(1, n_items))
+    candidates, scores = [], []
+    for start in range(0, len(seen), block):
+        rows = np.arange(start, min(len(seen), start + block))
+        values = score_rows(rows)
+        best = top_unseen(values, seen[start : start + block], n)
+        candidates.append(best)
+        scores.append(np.take_along_axis(values, best, axis=1))
+    return np.concatenate(candidates), np.concatenate(scores)
+
+
 def simulated_users(
     response: ResponseModel,
     supports: list[np.ndarray],
     profiles: list[np.ndarray],
-    adapted_scores: np.ndarray,
-    n_candidates: int,
+    candidates: np.ndarray,
+    scores: np.ndarray,
 ) -> SimulatedUsers:
-    """Users whose tastes are their whole ``profiles`` and whose candidates come from the
-    (U, n_items) ``adapted_scores`` of a model that saw only their ``supports``."""
-    allowed = adapted_scores.astype(np.float64, copy=True)
-    for row, support in enumerate(supports):
-        allowed[row, support] = -np.inf
-    candidates = np.argsort(-allowed, axis=1, kind="stable")[:, :n_candidates]
+    """Users whose tastes are their whole ``profiles`` and whose (U, N) ``candidates`` and
+    their (U, N) ``scores`` come from a model that saw only their ``supports``."""
     clicks = np.stack(
         [response.click_probabilities(p, c) for p, c in zip(profiles, candidates, strict=True)]
     )
     return SimulatedUsers(
         supports=supports,
         candidates=candidates,
-        scores=np.take_along_axis(adapted_scores, candidates, axis=1).astype(np.float32),
+        scores=scores.astype(np.float32),
         click_probabilities=clicks,
         like_probabilities=response.like_rates[candidates],
     )

@@ -87,8 +87,8 @@ def logged_context(
     shown_window: int,
     slate_size: int,
 ) -> SlateContext:
-    """The policies' view at the logged ``events`` over each user's ``choices`` (U, C)
-    items with their (U, C) ``standard_scores``."""
+    """The policies' view at the logged ``events`` (B,) over each event's ``choices`` (B, C)
+    items with their (B, C) ``standard_scores``."""
     recent = shown_window * slate_size
     rows = sessions.rows[events]
     shown = np.full((len(events), recent), -1)
@@ -97,10 +97,10 @@ def logged_context(
         before = sequences[row][:step]
         latest = before[::-1][:recent]
         shown[position, : len(latest)] = latest
-        consumed[position] = np.isin(choices[row], before)
+        consumed[position] = np.isin(choices[position], before)
     return SlateContext(
-        torch.as_tensor(choices[rows]),
-        torch.as_tensor(standard_scores[rows], dtype=torch.float32),
+        torch.as_tensor(choices),
+        torch.as_tensor(standard_scores, dtype=torch.float32),
         torch.as_tensor(shown.reshape(len(events), shown_window, slate_size)),
         torch.as_tensor(consumed),
     )  # fmt: skip

@@ -4,30 +4,43 @@ What a simulated user does with a shown item:
 
 - **click** with probability σ(a·s + b·log(1 + popularity) + c), where s is the item's
   ItemKNN affinity to the user's profile (mean cosine similarity, over meta-train users'
-  co-occurrences, to the profile's items) — a logistic calibration fitted on meta-train
+  co-occurrences, to the profile's items; with ``neighbours`` set, only the item's that many
+  most similar items count, the others 0) — a logistic calibration fitted on meta-train
   users: each one's first 80% of items is the profile, the rest are positives, and
   ``negatives_per_positive`` unseen items per positive are negatives (so the base rate of
   the calibration is a modelling choice, not a measurement). Each user is left out of the
   similarities and popularity their own examples are scored with, as the held-out users
-  the simulator serves are;
+  the simulator serves are (which items are neighbours is decided once, on all of them);
 - **like** it (rating ≥ 4) once clicked with the item's smoothed share of ratings ≥ 4 among
   meta-train users.
 
-The simulator (``metarec/rl/env.py``) adds boredom and leaving on top. Every fitted number
-is saved as safetensors beside its JSON description.
+The item×item similarities are sparse (each item's kept neighbours): co-occurrences are
+counted a block of item rows at a time, so no N×N array is ever dense. The simulator
+(``metarec/rl/env.py``) adds boredom and leaving on top. Every fitted number is saved as
+safetensors beside its JSON description.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
 from metarec.atomic import atomic_dir
+from metarec.baselines.itemknn import keep_top_k
+from metarec.data.matrix import interaction_matrix
 from metarec.errors import ConfigError, MetarecError
+from metarec.eval.beyond import user_counts
+
+# Above this many items, "every item a neighbour" keeps N² similarities (3.2 GB at 20,000
+# items as sparse values and indices): refused, set response.neighbours instead.
+ALL_NEIGHBOURS_MAX_ITEMS = 20_000
+BLOCK_FLOATS = 1 << 24  # co-occurrence counts densified at once (64 MB of float32)
 
 
 @dataclass
@@ -36,6 +49,9 @@ class ResponseFitConfig:
     profile_share: float = 0.8  # of each meta-train user's items, in time order
     like_threshold: float = 4.0  # a rating at least this is a like
     like_prior_weight: float = 5.0  # pseudo-ratings pulling rare items to the global like rate
+    # each item's most similar items the affinity reads (None: every item, up to
+    # ALL_NEIGHBOURS_MAX_ITEMS items)
+    neighbours: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -47,6 +63,21 @@ class ResponseFitConfig:
             raise ConfigError(f"response.profile_share {self.profile_share}: expected (0, 1)")
         if self.like_prior_weight <= 0:
             raise ConfigError(f"response.like_prior_weight {self.like_prior_weight}: expected > 0")
+        if self.neighbours is not None and self.neighbours < 1:
+            raise ConfigError(f"response.neighbours {self.neighbours}: expected >= 1 or null")
+
+
+def check_neighbours(
+    n_items: int, neighbours: int | None, limit: int = ALL_NEIGHBOURS_MAX_ITEMS
+) -> None:
+    """Refuse every item as a neighbour of every other (a dense N×N) above ``limit`` items."""
+    if neighbours is None and n_items > limit:
+        raise ConfigError(
+            f"response.neighbours is null (every item a neighbour): with {n_items:,} items the "
+            f"simulator's similarities are a dense {n_items:,}×{n_items:,} matrix "
+            f"({4 * n_items**2 / 1e9:.1f} GB); above {limit:,} items set response.neighbours "
+            "(e.g. 100) in the RL config"
+        )
 
 
 def item_genres(item_text: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -62,27 +93,36 @@ def item_genres(item_text: list[str]) -> tuple[np.ndarray, list[str]]:
     return matrix, names
 
 
-def co_occurrences(sequences: list[np.ndarray], n_items: int) -> np.ndarray:
-    """(N, N) how many users hold both items (diagonal: how many hold each), float32."""
-    incidence = np.zeros((len(sequences), n_items), dtype=np.float32)
-    for user, items in enumerate(sequences):
-        incidence[user, items] = 1.0
-    return incidence.T @ incidence
+def co_occurrence_blocks(
+    matrix: sp.csr_matrix, block_floats: int = BLOCK_FLOATS
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Blocks of the (N, N) co-occurrence counts of a (U, N) 0/1 ``matrix``: (start, (B, N)
+    float32) where row r counts the users holding both item start + r and each item; about
+    ``block_floats`` counts per block, in item order."""
+    n_items = matrix.shape[1]
+    by_item = matrix.T.tocsr()
+    rows = max(1, block_floats // max(1, n_items))
+    for start in range(0, n_items, rows):
+        yield start, (by_item[start : start + rows] @ matrix).toarray()
 
 
 def cosine(co_counts: np.ndarray, row_counts: np.ndarray, column_counts: np.ndarray) -> np.ndarray:
-    """Cosine similarities from a block of co-occurrence counts and each side's counts
-    (items nobody holds: 0)."""
-    norms = np.sqrt(np.outer(row_counts, column_counts))
-    return np.divide(co_counts, norms, out=np.zeros_like(co_counts), where=norms > 0)
+    """Cosine similarities from (R, C) co-occurrence counts, (R, 1) ``row_counts`` and (C,) or
+    (R, C) ``column_counts`` of each side (items nobody holds: 0)."""
+    norms = np.sqrt(row_counts * column_counts)
+    return np.divide(co_counts, norms, out=np.zeros_like(norms), where=norms > 0)
 
 
-def item_similarities(co_counts: np.ndarray) -> np.ndarray:
-    """(N, N) cosine similarity of items' user columns, zero diagonal (float32)."""
-    counts = np.diag(co_counts).copy()
-    similarities = cosine(co_counts, counts, counts)
-    np.fill_diagonal(similarities, 0.0)
-    return similarities
+def similarity_rows(
+    block: np.ndarray, start: int, counts: np.ndarray, neighbours: int | None
+) -> np.ndarray:
+    """(B, N) cosine similarity of items start.. start + B − 1 to every item from their (B, N)
+    co-occurrence ``block`` and the (N,) ``counts`` of users holding each item; zero for an
+    item and itself, and with ``neighbours`` set outside each row's that many largest."""
+    rows = np.arange(len(block))
+    similarities = cosine(block, counts[start : start + len(block), None], counts)
+    similarities[rows, start + rows] = 0.0
+    return similarities if neighbours is None else keep_top_k(similarities, neighbours)
 
 
 def fit_logistic(features: np.ndarray, labels: np.ndarray, iterations: int = 50) -> np.ndarray:
@@ -105,7 +145,7 @@ def fit_logistic(features: np.ndarray, labels: np.ndarray, iterations: int = 50)
 class ResponseModel:
     """The fitted numbers: item similarities, calibration, like rates, genres, popularity."""
 
-    similarities: np.ndarray  # (N, N) float32
+    similarities: sp.csr_matrix  # (N, N) float32: row i holds item i's kept neighbours
     calibration: np.ndarray  # (3,): affinity weight, log-popularity weight, intercept
     like_rates: np.ndarray  # (N,)
     popularity: np.ndarray  # (N,) meta-train users holding each item
@@ -114,8 +154,9 @@ class ResponseModel:
     fit: ResponseFitConfig
 
     def affinity(self, profile: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """(len(items),) mean similarity of each item to the ``profile`` items."""
-        return self.similarities[np.ix_(items, profile)].mean(axis=1)
+        """(len(items),) mean similarity of each item to the ``profile`` items (0 where
+        a profile item is not among the item's kept neighbours)."""
+        return self.similarities[items][:, profile].toarray().mean(axis=1)
 
     def click_probabilities(self, profile: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(len(items),) calibrated probability that a user with ``profile`` clicks each item."""
@@ -130,7 +171,9 @@ class ResponseModel:
         with atomic_dir(folder) as staging:
             save_file(
                 {
-                    "similarities": self.similarities,
+                    "neighbour_indptr": self.similarities.indptr.astype(np.int64),
+                    "neighbour_indices": self.similarities.indices.astype(np.int64),
+                    "neighbour_similarities": self.similarities.data.astype(np.float32),
                     "calibration": self.calibration.astype(np.float64),
                     "like_rates": self.like_rates.astype(np.float64),
                     "popularity": self.popularity.astype(np.int64),
@@ -164,7 +207,7 @@ class ResponseModel:
             tensors = load_file(str(weights_path))
             meta = json.loads(meta_path.read_text())
             return cls(
-                tensors["similarities"], tensors["calibration"], tensors["like_rates"],
+                saved_similarities(tensors), tensors["calibration"], tensors["like_rates"],
                 tensors["popularity"], tensors["genres"], meta["genre_names"],
                 ResponseFitConfig(**meta["fit"]),
             )  # fmt: skip
@@ -174,36 +217,127 @@ class ResponseModel:
             raise MetarecError(f"{folder}: cannot read the response model ({err})") from None
 
 
-def calibration_examples(
-    train_sequences: list[np.ndarray], co_counts: np.ndarray, config: ResponseFitConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The calibration's examples: features (n, 2) (affinity, log popularity), labels (n,),
-    and the user row and item of each example (n,), (n,)."""
-    n_items = len(co_counts)
-    counts = np.diag(co_counts).copy()
+def saved_similarities(tensors: dict[str, np.ndarray]) -> sp.csr_matrix:
+    """The (N, N) similarities of a saved response model: its neighbours, or the dense
+    ``similarities`` that models saved before neighbours were kept sparse hold."""
+    if "similarities" in tensors:
+        return sp.csr_matrix(tensors["similarities"])
+    n_items = len(tensors["like_rates"])
+    return sp.csr_matrix(
+        (tensors["neighbour_similarities"], tensors["neighbour_indices"],
+         tensors["neighbour_indptr"]),
+        shape=(n_items, n_items),
+    )  # fmt: skip
+
+
+@dataclass
+class CalibrationDraws:
+    """The calibration's n examples before their features, users in order and each user's
+    positives before its negatives; the profiles of the U training users laid end to end."""
+
+    users: np.ndarray  # (n,) row of the example's user in the training sequences
+    items: np.ndarray  # (n,)
+    labels: np.ndarray  # (n,) 1.0: taken after the profile; 0.0: a drawn unseen item
+    profile_items: np.ndarray  # (P,) the profiles user after user (none: a user without examples)
+    profile_starts: np.ndarray  # (U + 1,) user u: profile_items[starts[u] : starts[u + 1]]
+
+    def profiles(self, examples: np.ndarray, length: int) -> np.ndarray:
+        """(len(examples), length) profile of each example's user, all of that ``length``."""
+        starts = self.profile_starts[self.users[examples]]
+        return self.profile_items[starts[:, None] + np.arange(length)]
+
+    def profile_lengths(self, examples: np.ndarray) -> np.ndarray:
+        """(len(examples),) length of each example's user's profile."""
+        return np.diff(self.profile_starts)[self.users[examples]]
+
+
+def calibration_draws(
+    train_sequences: list[np.ndarray], n_items: int, config: ResponseFitConfig
+) -> CalibrationDraws:
+    """Each meta-train user's profile, positives and drawn negatives."""
     rng = np.random.default_rng(config.seed)
-    rows, labels, users, example_items = [], [], [], []
-    for user, items in enumerate(train_sequences):
-        cut = int(config.profile_share * len(items))
-        if cut < 1 or cut == len(items):
+    users, items, labels, profiles = [], [], [], []
+    for user, sequence in enumerate(train_sequences):
+        cut = int(config.profile_share * len(sequence))
+        if cut < 1 or cut == len(sequence):
+            profiles.append(sequence[:0])
             continue
-        profile, positives = items[:cut], items[cut:]
-        unseen = np.setdiff1d(np.arange(n_items), items)
+        profile, positives = sequence[:cut], sequence[cut:]
+        # a mask, not np.setdiff1d: the same sorted items, hundreds of times faster
+        unseen_mask = np.ones(n_items, dtype=bool)
+        unseen_mask[sequence] = False
+        unseen = np.flatnonzero(unseen_mask)
         negatives = rng.choice(unseen, size=len(positives) * config.negatives_per_positive)
-        candidates = np.concatenate([positives, negatives])
-        # Leave the user out: their own co-occurrences would inflate their positives'
-        # affinity and popularity (and not the negatives'), as they never do for the
-        # held-out users the simulator serves.
-        own = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
-        block = co_counts[np.ix_(candidates, profile)] - own[:, None]
-        affinity = cosine(block, counts[candidates] - own, counts[profile] - 1.0).mean(1)
-        rows.append(np.column_stack([affinity, np.log1p(counts[candidates] - own)]))
-        labels.append(own)
-        users.append(np.full(len(candidates), user))
-        example_items.append(candidates)
-    if not rows:
+        profiles.append(profile)
+        items.append(np.concatenate([positives, negatives]))
+        labels.append(np.r_[np.ones(len(positives)), np.zeros(len(negatives))])
+        users.append(np.full(len(items[-1]), user))
+    if not items:
         raise MetarecError("response model: no meta-train user has enough items to calibrate")
-    return tuple(np.concatenate(part) for part in (rows, labels, users, example_items))
+    starts = np.cumsum([0] + [len(profile) for profile in profiles])
+    return CalibrationDraws(
+        np.concatenate(users), np.concatenate(items), np.concatenate(labels),
+        np.concatenate(profiles), starts,
+    )  # fmt: skip
+
+
+def left_out_affinities(
+    block: np.ndarray,
+    start: int,
+    examples: np.ndarray,
+    draws: CalibrationDraws,
+    counts: np.ndarray,
+    kept: np.ndarray | None,
+) -> np.ndarray:
+    """(len(examples),) affinity of each example's item to its user's profile with the user
+    left out, for ``examples`` whose items are rows of the (B, N) co-occurrence ``block``
+    starting at item ``start``; ``counts`` (N,) users holding each item; ``kept`` (B, N)
+    nonzero where a profile item is a neighbour of the row's item (None: every item is)."""
+    affinities = np.empty(len(examples))
+    lengths = draws.profile_lengths(examples)
+    # The examples of one profile length form one (n, length) array: its row means are
+    # summed in the same order as each user's own (items, profile) array would be.
+    for length in np.unique(lengths):
+        of_length = lengths == length
+        group = examples[of_length]
+        rows, profiles = draws.items[group] - start, draws.profiles(group, length)
+        # Their own co-occurrences would inflate the positives' affinity (and not the
+        # negatives'), as they never do for the held-out users the simulator serves.
+        own = draws.labels[group]
+        co_counts = block[rows[:, None], profiles] - own[:, None]
+        similarities = cosine(co_counts, (counts[draws.items[group]] - own)[:, None],
+                              counts[profiles] - 1.0)  # fmt: skip
+        if kept is not None:
+            similarities = np.where(kept[rows[:, None], profiles] != 0, similarities, 0.0)
+        affinities[of_length] = similarities.mean(1)
+    return affinities
+
+
+def similarities_and_examples(
+    train_sequences: list[np.ndarray],
+    n_items: int,
+    config: ResponseFitConfig,
+    block_floats: int = BLOCK_FLOATS,
+) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The (N, N) similarities and the calibration's examples: features (n, 2) (left-out
+    affinity, log popularity), labels (n,), and the user row and item of each (n,), (n,).
+
+    One pass over blocks of co-occurrence rows gives both: a block's similarity rows, and the
+    affinities of the examples whose items the block holds."""
+    draws = calibration_draws(train_sequences, n_items, config)
+    matrix = interaction_matrix(train_sequences, n_items)
+    counts = user_counts(train_sequences, n_items).astype(np.float32)
+    by_item = np.argsort(draws.items, kind="stable")
+    bounds = np.searchsorted(draws.items[by_item], np.arange(n_items + 1))
+    affinities, parts = np.empty(len(draws.items)), []
+    for start, block in co_occurrence_blocks(matrix, block_floats):
+        similarities = similarity_rows(block, start, counts, config.neighbours)
+        parts.append(sp.csr_matrix(similarities))
+        examples = by_item[bounds[start] : bounds[start + len(block)]]
+        kept = None if config.neighbours is None else similarities
+        affinities[examples] = left_out_affinities(block, start, examples, draws, counts, kept)
+    features = np.column_stack([affinities, np.log1p(counts[draws.items] - draws.labels)])
+    return sp.vstack(parts, format="csr"), features, draws.labels, draws.users, draws.items
 
 
 def fit_response_model(
@@ -214,12 +348,12 @@ def fit_response_model(
 ) -> ResponseModel:
     """Fit every part of the response model on the meta-train users' sequences and ratings."""
     n_items = len(item_text)
-    co_counts = co_occurrences(train_sequences, n_items)
-    similarities = item_similarities(co_counts)
-    popularity = np.diag(co_counts).astype(np.int64)
-    genres, genre_names = item_genres(item_text)
-    features, labels, _, _ = calibration_examples(train_sequences, co_counts, config)
+    check_neighbours(n_items, config.neighbours)
+    similarities, features, labels, _, _ = similarities_and_examples(
+        train_sequences, n_items, config
+    )
     calibration = fit_logistic(features, labels)
+    genres, genre_names = item_genres(item_text)
     items, ratings = np.concatenate(train_sequences), np.concatenate(train_ratings)
     rated = ~np.isnan(ratings)
     likes = np.bincount(items[rated], weights=ratings[rated] >= config.like_threshold,
@@ -228,6 +362,7 @@ def fit_response_model(
     overall = likes.sum() / max(1, rating_counts.sum())
     prior = config.like_prior_weight
     like_rates = (likes + prior * overall) / (rating_counts + prior)
+    popularity = user_counts(train_sequences, n_items)
     return ResponseModel(
         similarities, calibration, like_rates, popularity, genres, genre_names, config
     )

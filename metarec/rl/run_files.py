@@ -2,7 +2,8 @@
 
     config.json                 the RL config the run was trained with
     run.json                    its seed and provenance (versions, commit)
-    adapted_scores.safetensors  <side>_users (U,) and <side>_scores (U, n_items) per side
+    adapted_scores.safetensors  <side>_users (U,) and <side>_states (U, d) per side, and the
+                                item_vectors (n_items, d) a state's scores are taken against
     simulator/                  the fitted response model (`metarec.rl.response`)
     behaviour.safetensors       the behaviour policy's network
     policy.safetensors          the learned slate policy's networks
@@ -26,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from metarec.atomic import recover
 from metarec.errors import MetarecError
 from metarec.provenance import provenance
+from metarec.rl.users import AdaptedScores
 
 CONFIG = "config.json"
 SCORES = "adapted_scores.safetensors"
@@ -49,22 +51,30 @@ def write_results(folder: Path, results: dict) -> None:
         handle.write(json.dumps(results, indent=2) + "\n")
 
 
-def save_scores(path: Path, users: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> None:
-    """Each side's user indices and (U, n_items) adapted scores."""
+def save_scores(
+    path: Path, users: dict[str, np.ndarray], adapted: dict[str, AdaptedScores]
+) -> None:
+    """Each side's user indices and adapted states, and the item vectors they share."""
     tensors = {f"{side}_users": users[side].astype(np.int64) for side in users}
-    tensors |= {f"{side}_scores": scores[side].astype(np.float32) for side in scores}
+    tensors |= {f"{side}_states": adapted[side].states.astype(np.float32) for side in adapted}
+    tensors["item_vectors"] = next(iter(adapted.values())).item_vectors.astype(np.float32)
     save_numpy(tensors, str(path))
 
 
 def load_scores(
     path: Path, sides: tuple[str, ...]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """``save_scores``' (users, scores) of ``sides``, each keyed by side."""
+) -> tuple[dict[str, np.ndarray], dict[str, AdaptedScores]]:
+    """``save_scores``' (users, adapted scores) of ``sides``, each keyed by side."""
     saved = load_numpy(str(path))
+    if f"{sides[0]}_scores" in saved:
+        raise MetarecError(
+            f"{path}: dense (users × items) adapted scores, from before they were saved as "
+            "states and item vectors; train the RL run again (`metarec rl train`)"
+        )
     try:
         return (
             {side: saved[f"{side}_users"] for side in sides},
-            {side: saved[f"{side}_scores"] for side in sides},
+            {side: AdaptedScores(saved[f"{side}_states"], saved["item_vectors"]) for side in sides},
         )
     except KeyError as err:
         raise MetarecError(f"{path}: no {err.args[0]}; not an RL run's adapted scores") from None
