@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from metarec.data.prepare import DataConfig
-from metarec.device import model_device, to_numpy
+from metarec.device import to_numpy
 from metarec.errors import ConfigError, MetarecError
 from metarec.models.user_model import UserModel
 from metarec.options import (
@@ -45,11 +44,10 @@ def encode_catalogue(model: UserModel, path: Path, chunk_rows: int = 65536) -> n
     vectors = np.lib.format.open_memmap(
         path, mode="w+", dtype=np.float32, shape=(n_items, model.config.item_dim)
     )
-    device = model_device(model)
-    with torch.no_grad():
-        for start in tqdm(range(0, n_items, chunk_rows), desc="encode items", unit="chunk"):
-            rows = torch.arange(start, min(n_items, start + chunk_rows), device=device)
-            vectors[start : start + len(rows)] = to_numpy(model.item_vectors(rows))
+    chunks = model.catalogue_chunks(chunk_rows)
+    total = -(-n_items // chunk_rows)
+    for start, chunk in tqdm(chunks, total=total, desc="encode items", unit="chunk"):
+        vectors[start : start + len(chunk)] = to_numpy(chunk)
     vectors.flush()
     return vectors
 

@@ -17,6 +17,13 @@ backbone once per user (per inner step) however many candidates are scored, the 
 cache serves a shared prefix. The rescoring matters with a lossy index (``ivfpq``), whose
 own scores are approximate.
 
+Memory does not grow with the number of users beyond their input: histories are held as
+arrays (`UserInputs`), not an object per user, and only one shard's users and rows exist
+as objects before the shard is written. Nor with the catalogue beyond the item side and the
+index: adaptation streams its softmax over the catalogue
+(`metarec.meta.personalise.streamed_support_loss_fn`). Its time does grow with the
+catalogue: that softmax normalises every support position over every item.
+
 Under ``torchrun`` the fixed shards of `retrieval.shards` are dealt round-robin to the
 ranks; a rerun skips finished shards, and rank 0 ends the job with the exactly-once check.
 `metarec rerank` is the command (plain, or under ``torchrun --nproc_per_node N``):
@@ -104,6 +111,37 @@ class UserInput:
     problem: str | None = None
 
 
+@dataclass
+class UserInputs:
+    """Every user of the job, held as a few arrays rather than an object per user: user
+    ``j``'s history is ``items[offsets[j]:offsets[j + 1]]``. `users` builds the
+    `UserInput` objects of one shard's users only."""
+
+    user_ids: np.ndarray  # (U,) raw ids, integers or strings
+    offsets: np.ndarray  # (U + 1,) int64
+    items: np.ndarray  # (offsets[-1],) int64 item indices, -1 for an item the run lacks
+    problems: dict[int, str]  # position -> why that user cannot be scored
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def users(self, positions: range) -> list[UserInput]:
+        """The users at ``positions`` (in input order)."""
+        return [
+            UserInput(
+                self.user_ids[j],
+                self.items[self.offsets[j] : self.offsets[j + 1]],
+                self.problems.get(j),
+            )
+            for j in positions
+        ]
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """(U + 1,) int64 start of each of U consecutive runs of ``lengths``, then the end."""
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+
+
 def _history_columns(dataset: Dataset) -> list[Column]:
     """A histories table's columns: user ids as they come, item ids in the kind of the
     run's (a run with text ids reads every item id as text, so ``0012`` stays ``0012``)."""
@@ -115,29 +153,38 @@ def _history_columns(dataset: Dataset) -> list[Column]:
     ]
 
 
-def file_inputs(path: Path, dataset: Dataset) -> list[UserInput]:
+def file_inputs(path: Path, dataset: Dataset) -> UserInputs:
     """Users of a histories table, items in time order (file order without timestamps);
     users in order of their first row after that sort. A user whose history holds item
     ids the run does not know is not scored: its problem names the first five."""
     table = read_table(path, _history_columns(dataset))
     if "timestamp" in table.columns:
         table = table.sort_values(["timestamp", "line"], kind="stable")
-    table = table.assign(position=id_positions(dataset.item_ids, table["item_id"]))
-    inputs = []
-    for user, history in table.groupby("user_id", sort=False):
-        unknown = history["item_id"][history["position"] < 0].tolist()
-        problem = f"unknown item ids {unknown[:5]} in {path}" if unknown else None
-        inputs.append(UserInput(user, history["position"].to_numpy(), problem))
-    return inputs
+    users, user_ids = pd.factorize(table["user_id"], sort=False)  # by first appearance
+    by_user = np.argsort(users, kind="stable")  # each user's rows together, in time order
+    items = id_positions(dataset.item_ids, table["item_id"])[by_user]
+    offsets = _offsets(np.bincount(users, minlength=len(user_ids)))
+    raw_items = table["item_id"].to_numpy()[by_user]
+    problems = {}
+    for j in np.unique(users[by_user][items < 0]):  # only the users with unknown items
+        history = slice(offsets[j], offsets[j + 1])
+        unknown = raw_items[history][items[history] < 0][:5].tolist()
+        problems[int(j)] = f"unknown item ids {unknown} in {path}"
+    return UserInputs(np.asarray(user_ids), offsets, items, problems)
 
 
-def split_inputs(config: RerankConfig, run: TrainedRun) -> list[UserInput]:
+def split_inputs(config: RerankConfig, run: TrainedRun) -> UserInputs:
     """The run's own coldstart test (or validation) users, each with its support."""
     run.check_compatible("coldstart")
     split = run.split(config.support_size)
     cases = split.test if config.split_users == "test" else split.valid
-    user_ids = run.dataset.user_ids[[case.user for case in cases]].tolist()
-    return [UserInput(user, case.history) for user, case in zip(user_ids, cases, strict=True)]
+    histories = [case.history for case in cases]
+    return UserInputs(
+        run.dataset.user_ids[[case.user for case in cases]],
+        _offsets(np.array([len(history) for history in histories], dtype=np.int64)),
+        np.concatenate(histories) if histories else np.empty(0, dtype=np.int64),
+        {},
+    )
 
 
 def rerank_batch(
@@ -260,7 +307,7 @@ def run_rerank(config: RerankConfig) -> dict:
     )
     with method.model.frozen_item_vectors():
         for done, shard in enumerate(mine, start=1):
-            users = [inputs[position] for position in store.users_of(shard)]
+            users = inputs.users(store.users_of(shard))
             rows, failures = _shard_rows(method, index, users, dataset, config, progress)
             store.write(shard, rows, failures)
             if config.kill_after_shards == done:
@@ -271,7 +318,7 @@ def run_rerank(config: RerankConfig) -> dict:
         dist.barrier()
     if rank != 0:
         return {}
-    manifest = store.verify([user.user_id for user in inputs])
+    manifest = store.verify(inputs.user_ids)
     manifest["job"] = job
     with atomic_file(config.output_dir / "manifest.json") as temporary:
         temporary.write_text(json.dumps(manifest, indent=2))

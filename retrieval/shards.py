@@ -79,7 +79,7 @@ class ShardStore:
         ]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
 
-    def verify(self, user_ids: Sequence) -> dict:
+    def verify(self, user_ids: Sequence | np.ndarray) -> dict:
         """Check that each of ``user_ids`` (input order) is in exactly one place; the manifest.
 
         Raises when a shard is missing or damaged, or a user is absent, repeated or in

@@ -1,7 +1,8 @@
 """The index build and batch rerank jobs on a tiny trained run over synthetic users.
 
 The references are independent paths: full-catalogue scores from `LLMRecommender.score`,
-a stock peft model adapted user by user, and an uninterrupted single-process run.
+every user adapted in one batch on the training loss's whole softmax, a stock peft model
+adapted user by user, and an uninterrupted single-process run.
 """
 
 import json
@@ -13,13 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
 
 from metarec.cli import main
+from metarec.data.episodes import collate
 from metarec.data.prepare import load_dataset
 from metarec.data.splits import coldstart_split
+from metarec.meta import personalise
+from metarec.meta.algorithms import inner_loop_settings
+from metarec.meta.inner_loop import adapt
 from metarec.meta.peft_loop import PeftUserLoop
+from metarec.meta.personalise import last_states, support_loss_fn
+from metarec.models.lora import initial_fast_weights
 from metarec.trained_run import TrainedRun
 from retrieval.index import load_index
 from retrieval.rerank import rerank_batch
@@ -59,6 +67,38 @@ def test_two_stage_top_k_equals_full_catalogue_ranking(trained_run, uninterrupte
     rows = output_rows(uninterrupted)
     assert rows["user_id"].nunique() == len(split.test) > 10
     for case, user_scores in zip(split.test, scores, strict=True):
+        user_scores[case.history] = -np.inf
+        expected = np.lexsort((np.arange(len(user_scores)), -user_scores))[:TOP_K]
+        got = rows[rows["user_id"] == dataset.user_ids[case.user]].sort_values("rank")
+        np.testing.assert_array_equal(got["item_id"], dataset.item_ids[expected])
+        np.testing.assert_allclose(got["score"], user_scores[expected], rtol=0, atol=1e-5)
+
+
+def test_streamed_job_equals_adapting_every_user_at_once_on_the_whole_softmax(
+    trained_run, tmp_path, monkeypatch
+):
+    # the job: users 4 at a time in shards of 5, the support softmax 7 items at a time
+    monkeypatch.setattr(personalise, "SOFTMAX_CHUNK_ITEMS", 7)
+    assert main(rerank_command(trained_run, tmp_path / "out")) == 0
+    folder, data, _ = trained_run
+    run = TrainedRun(folder / "run", data)
+    method, dataset = run.recommender(), run.dataset
+    model = method.model
+    cases = coldstart_split(dataset.sequences(), dataset.n_items, SUPPORT, 10, 0).test
+    histories = [case.history for case in cases]
+    # the reference: one batch of every user, the training loss over (U, T, N) scores
+    batch = collate(histories, [np.empty(0, dtype=np.int64)] * len(histories))
+    start = {
+        name: (a.detach().requires_grad_(), b.detach().requires_grad_())
+        for name, (a, b) in initial_fast_weights(model.lora_layers, len(histories)).items()
+    }
+    lr, proximal = inner_loop_settings(method.meta, method.rates)
+    fast = adapt(support_loss_fn(model, batch), start, method.inner_steps, lr, False, proximal)
+    with torch.no_grad():
+        scores = model.scores(last_states(model, batch, fast)).numpy()
+    rows = output_rows(tmp_path / "out")
+    assert rows["user_id"].nunique() == len(cases) > 10
+    for case, user_scores in zip(cases, scores, strict=True):
         user_scores[case.history] = -np.inf
         expected = np.lexsort((np.arange(len(user_scores)), -user_scores))[:TOP_K]
         got = rows[rows["user_id"] == dataset.user_ids[case.user]].sort_values("rank")

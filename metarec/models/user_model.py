@@ -44,6 +44,10 @@ from metarec.models.text_encoder import cached_text_vectors
 # Hugging Face decoders that `run_layers` can split at a layer (no input scaling, one norm)
 SPLITTABLE_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
+# items projected at once when the whole catalogue is: projecting it in one go holds its
+# concatenated text and id inputs too, a transient copy larger than the vectors themselves
+CATALOGUE_CHUNK_ROWS = 65536
+
 
 @dataclass
 class UserModelConfig:
@@ -130,6 +134,18 @@ class UserModel(nn.Module):
                 parts.insert(0, self.text_vectors[rows])
         return self.item_projection(torch.cat(parts, dim=-1))
 
+    def catalogue_chunks(
+        self, chunk_rows: int = CATALOGUE_CHUNK_ROWS
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """The catalogue's vectors as (first row, (rows, item_dim) vectors), ``chunk_rows``
+        items at a time, without gradients."""
+        n_items = self.id_embedding.num_embeddings
+        device = self.id_embedding.weight.device
+        with torch.no_grad():
+            for start in range(0, n_items, chunk_rows):
+                rows = torch.arange(start, min(n_items, start + chunk_rows), device=device)
+                yield start, self.item_vectors(rows)
+
     @contextmanager
     def frozen_item_vectors(self) -> Iterator[None]:
         """Compute the catalogue's vectors once for a block that adapts and scores users.
@@ -138,8 +154,11 @@ class UserModel(nn.Module):
         would project the whole catalogue again.
         """
         previous = self.frozen_vectors  # blocks nest: an inner one leaves the outer's in place
-        with torch.no_grad():
-            self.frozen_vectors = self.item_vectors()
+        weight = self.item_projection.weight
+        frozen = weight.new_empty(self.id_embedding.num_embeddings, self.config.item_dim)
+        for start, vectors in self.catalogue_chunks():
+            frozen[start : start + len(vectors)] = vectors
+        self.frozen_vectors = frozen
         try:
             yield
         finally:
