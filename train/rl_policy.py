@@ -37,11 +37,9 @@ from tqdm import tqdm
 from metarec.atomic import atomic_dir
 from metarec.config import from_mapping
 from metarec.data.dataset import Dataset
-from metarec.data.episodes import collate
 from metarec.data.prepare import DataConfig
-from metarec.device import model_device, to_numpy
+from metarec.device import to_numpy
 from metarec.errors import ConfigError, MetarecError
-from metarec.meta.personalise import adapted_states
 from metarec.meta.recommender import LLMRecommender
 from metarec.options import (
     Environment,
@@ -150,19 +148,10 @@ class RLConfig:
 
 
 def states_and_item_vectors(method: LLMRecommender, histories: list[np.ndarray]) -> AdaptedScores:
-    """The adapted scores of ``histories`` as ``method.score`` computes them (adapting on
-    each one's last ``max_len`` items, ``batch_size`` users at a time), kept as the factors
-    its (U, n_items) product would be: (U, d) states and (n_items, d) item vectors."""
-    model, size = method.model, method.batch_size
-    device, states = model_device(model), []
-    with model.frozen_item_vectors():
-        for start in range(0, len(histories), size):
-            part = [h[-model.config.max_len :] for h in histories[start : start + size]]
-            batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part), device)
-            state = adapted_states(model, batch, method.meta, method.rates, method.inner_steps)
-            states.append(to_numpy(state))
-        item_vectors = to_numpy(model.item_vectors())
-    return AdaptedScores(np.concatenate(states), item_vectors)
+    """The adapted scores of ``histories`` as ``method.score`` computes them, kept as the
+    factors its (U, n_items) product would be: (U, d) states and (n_items, d) item vectors."""
+    with method.model.frozen_item_vectors():
+        return AdaptedScores(method.states(histories), to_numpy(method.model.item_vectors()))
 
 
 def adapted_scores_of(

@@ -9,6 +9,8 @@ Training happens in ``metarec train``; a run is loaded by `metarec.trained_run.T
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from metarec.data.episodes import collate
@@ -17,7 +19,7 @@ from metarec.device import model_device, to_numpy
 from metarec.errors import MetarecError
 from metarec.eval.recommender import Recommender
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates
-from metarec.meta.personalise import adapted_scores
+from metarec.meta.personalise import adapted_scores, adapted_states
 from metarec.models.user_model import UserModel
 
 
@@ -43,6 +45,16 @@ class LLMRecommender(Recommender):
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
         """Adapt on, then score from, each history's most recent ``max_len`` items."""
+        return self._per_batch(histories, adapted_scores)
+
+    def states(self, histories: list[np.ndarray]) -> np.ndarray:
+        """(U, item_dim) adapted states of the histories, as `score` adapts them: a user's
+        scores are its state's dot products with the item vectors."""
+        return self._per_batch(histories, adapted_states)
+
+    def _per_batch(self, histories: list[np.ndarray], adapt: Callable) -> np.ndarray:
+        """``adapt(model, batch, meta, rates, inner_steps)`` of ``batch_size`` users at a
+        time (each on its most recent ``max_len`` items), concatenated over users."""
         max_len = self.model.config.max_len
         device = model_device(self.model)
         chunks = []
@@ -50,6 +62,6 @@ class LLMRecommender(Recommender):
             for start in range(0, len(histories), self.batch_size):
                 part = [h[-max_len:] for h in histories[start : start + self.batch_size]]
                 batch = collate(part, [np.empty(0, dtype=np.int64)] * len(part), device)
-                scores = adapted_scores(self.model, batch, self.meta, self.rates, self.inner_steps)
-                chunks.append(to_numpy(scores))
+                chunks.append(to_numpy(adapt(self.model, batch, self.meta, self.rates,
+                                             self.inner_steps)))  # fmt: skip
         return np.concatenate(chunks)
