@@ -30,7 +30,11 @@ from metarec.errors import ConfigError
 from metarec.eval.metrics import metrics_at_k, relevant_ranks
 from metarec.meta.algorithms import inner_loop_settings
 from metarec.meta.inner_loop import adapt
-from metarec.meta.personalise import last_states, support_loss_fn
+from metarec.meta.personalise import (
+    SOFTMAX_CHUNK_ITEMS,
+    last_states,
+    streamed_support_loss_fn,
+)
 from metarec.meta.recommender import LLMRecommender
 from metarec.models.lora import FastWeights, initial_fast_weights
 
@@ -78,7 +82,9 @@ def _adapted(
     else:
         lr = lr * lr_scale
     with torch.enable_grad():
-        fast = adapt(support_loss_fn(model, batch), start, steps, lr, False, proximal)
+        # streamed over the catalogue, as rerank adapts: no (U, T, N) scores at 1M items
+        loss = streamed_support_loss_fn(model, batch, SOFTMAX_CHUNK_ITEMS)
+        fast = adapt(loss, start, steps, lr, False, proximal)
     return {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
 
 
