@@ -109,6 +109,10 @@ class TrainConfig:
                 f"pretrain_objective {self.pretrain_objective!r}: expected one of "
                 f"{PRETRAIN_OBJECTIVES}"
             )
+        if self.max_steps_per_epoch < 0:
+            raise ConfigError(
+                f"max_steps_per_epoch {self.max_steps_per_epoch}: 0 (no cap) or a step count"
+            )
         if not self.support_sizes or min(self.support_sizes) < 2:
             raise ConfigError(
                 f"support_sizes {self.support_sizes}: each must be at least 2 (the support "

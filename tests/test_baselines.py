@@ -101,6 +101,10 @@ def test_hyperparameters_are_checked():
         build_baseline("userknn", {"userknn": {}})
     with pytest.raises(ConfigError, match="expected a list"):
         build_baseline("ease", {"ease": {"lambdas": 5}})
+    with pytest.raises(ConfigError, match=r"itemknn.neighbours 0: need at least 1, or null"):
+        build_baseline("itemknn", {"itemknn": {"neighbours": 0}})
+    with pytest.raises(ConfigError, match=r"userknn.neighbours -3: need at least 1"):
+        build_baseline("userknn", {"userknn": {"neighbours": -3}})
 
 
 def test_keep_top_k_equals_stable_sort_with_ties():

@@ -36,6 +36,10 @@ def keep_top_k(matrix: np.ndarray, k: int) -> np.ndarray:
 class ItemKNNConfig:
     neighbours: int | None
 
+    def __post_init__(self) -> None:
+        if self.neighbours is not None and self.neighbours < 1:
+            raise ConfigError(f"itemknn.neighbours {self.neighbours}: need at least 1, or null")
+
 
 def item_similarity(matrix: sp.csr_matrix, neighbours: int | None = None) -> sp.csr_matrix:
     """(N, N) sparse cosine between the columns of a (U, N) 0/1 matrix; unseen items get 0.

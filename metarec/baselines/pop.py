@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
+from metarec.eval.beyond import user_counts
 from metarec.eval.recommender import Recommender
 
 
@@ -22,7 +22,7 @@ class Pop(Recommender):
         self.counts: np.ndarray | None = None
 
     def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
-        self.counts = np.asarray(interaction_matrix(train_sequences, n_items).sum(axis=0)).ravel()
+        self.counts = user_counts(train_sequences, n_items).astype(np.float32)
 
     def score(self, histories: list[np.ndarray]) -> np.ndarray:
         return np.tile(self.counts, (len(histories), 1))

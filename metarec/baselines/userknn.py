@@ -16,12 +16,17 @@ import scipy.sparse as sp
 from metarec.baselines.itemknn import keep_top_k
 from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import UserCase
+from metarec.errors import ConfigError
 from metarec.eval.recommender import Recommender
 
 
 @dataclass
 class UserKNNConfig:
     neighbours: int
+
+    def __post_init__(self) -> None:
+        if self.neighbours < 1:
+            raise ConfigError(f"userknn.neighbours {self.neighbours}: need at least 1")
 
 
 class UserKNN(Recommender):

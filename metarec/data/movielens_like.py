@@ -86,6 +86,8 @@ class MovieLensLikeConfig:
                 f"need at least 1 user and 1 item, got {self.n_users} users and "
                 f"{self.n_items} items"
             )
+        if self.min_history < 2:  # a history needs two interactions to space its timestamps
+            raise ConfigError(f"min_history {self.min_history}: need at least 2")
         least = self.min_history * self.n_users
         if self.n_interactions < least:
             raise ConfigError(

@@ -42,6 +42,8 @@ def top_k_mask(matrix: np.ndarray, k: int) -> np.ndarray:
     """
     if k >= matrix.shape[1]:
         return np.ones(matrix.shape, dtype=bool)
+    if k <= 0:
+        return np.zeros(matrix.shape, dtype=bool)
     kth = np.partition(matrix, matrix.shape[1] - k, axis=1)[:, -k][:, None]
     above = matrix > kth
     at_kth = matrix == kth

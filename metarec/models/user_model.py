@@ -153,7 +153,9 @@ class UserModel(nn.Module):
         Outside training the item side is constant, yet every forward of the inner loop
         would project the whole catalogue again.
         """
-        previous = self.frozen_vectors  # blocks nest: an inner one leaves the outer's in place
+        if self.frozen_vectors is not None:  # blocks nest: an inner one uses the outer's
+            yield
+            return
         weight = self.item_projection.weight
         frozen = weight.new_empty(self.id_embedding.num_embeddings, self.config.item_dim)
         for start, vectors in self.catalogue_chunks():
@@ -162,7 +164,7 @@ class UserModel(nn.Module):
         try:
             yield
         finally:
-            self.frozen_vectors = previous
+            self.frozen_vectors = None
 
     @staticmethod
     def _attention_mask(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
