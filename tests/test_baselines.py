@@ -5,7 +5,7 @@ import pytest
 
 from metarec.baselines import build_baseline, itemknn
 from metarec.baselines.ease import ease_weights
-from metarec.baselines.itemknn import keep_top_k
+from metarec.baselines.itemknn import item_similarity, keep_top_k
 from metarec.data.matrix import interaction_matrix
 from metarec.data.splits import coldstart_split
 from metarec.errors import ConfigError
@@ -117,9 +117,9 @@ def test_keep_top_k_equals_stable_sort_with_ties():
         np.testing.assert_array_equal(keep_top_k(matrix, k), expected)
 
 
-def test_blocked_sparse_neighbours_equal_dense_reference(split, monkeypatch):
-    monkeypatch.setattr(itemknn, "BLOCK_ITEMS", 7)  # several blocks, one partial
-    matrix = interaction_matrix(split.train_sequences, split.n_items).toarray().astype(float)
+def test_blocked_sparse_neighbours_equal_dense_reference(split):
+    sparse = interaction_matrix(split.train_sequences, split.n_items)
+    matrix = sparse.toarray().astype(float)
     counts = matrix.sum(axis=0)
     norms = np.sqrt(np.where(counts > 0, counts, 1.0))
     dense = matrix.T @ matrix / norms[:, None] / norms[None, :]
@@ -127,13 +127,16 @@ def test_blocked_sparse_neighbours_equal_dense_reference(split, monkeypatch):
     order = np.argsort(-dense, axis=1, kind="stable")[:, :10]
     expected = np.zeros_like(dense)
     np.put_along_axis(expected, order, np.take_along_axis(dense, order, axis=1), axis=1)
+    # 7 items' rows per block: several blocks, one partial
+    blocked = item_similarity(sparse, neighbours=10, block_floats=7 * split.n_items)
+    np.testing.assert_allclose(blocked.toarray(), expected, rtol=1e-5, atol=1e-7)
     history = split.test[0].history
     scores = fitted("itemknn", split, neighbours=10).score([history])[0]
     np.testing.assert_allclose(scores, expected[history].sum(axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_dense_item_methods_refuse_big_catalogues(split, monkeypatch):
-    monkeypatch.setattr(itemknn, "ALL_NEIGHBOURS_MAX_ITEMS", split.n_items - 1)
+    monkeypatch.setattr(itemknn, "ALL_PAIRS_MAX_ITEMS", split.n_items - 1)
     with pytest.raises(ConfigError, match="set itemknn.neighbours"):
         fitted("itemknn", split, neighbours=None)
     fitted("itemknn", split, neighbours=5)  # top-k neighbours stay allowed

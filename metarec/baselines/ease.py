@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metarec.data.matrix import interaction_matrix
+from metarec.data.matrix import ALL_PAIRS_MAX_ITEMS, interaction_matrix
 from metarec.data.splits import UserCase
 from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
@@ -23,7 +23,7 @@ from metarec.eval.recommender import Recommender
 @dataclass
 class EASEConfig:
     lambdas: list[float]
-    max_items: int = 20_000
+    max_items: int = ALL_PAIRS_MAX_ITEMS
 
     def __post_init__(self) -> None:
         if not self.lambdas or min(self.lambdas) <= 0:

@@ -3,7 +3,8 @@
 Similarity is the cosine between item columns of the training users' 0/1 interaction
 matrix, without shrinkage; ``neighbours`` keeps only each item's top-k similarities
 (None keeps all, the reference protocol's setting). The similarity matrix is sparse and
-built a block of items at a time, so a 27k-item catalogue never holds an N×N dense array.
+built a block of items at a time (`co_occurrence_blocks`), so a 27k-item catalogue never
+holds an N×N dense array.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from metarec.data.matrix import interaction_matrix
+from metarec.data.matrix import (
+    ALL_PAIRS_MAX_ITEMS,
+    BLOCK_FLOATS,
+    co_occurrence_blocks,
+    interaction_matrix,
+)
 from metarec.data.splits import UserCase
 from metarec.errors import ConfigError
 from metarec.eval.ranking import top_k_mask
 from metarec.eval.recommender import Recommender
-
-# Above this many items, "every item a neighbour" is an N×N matrix of GBs: refused.
-ALL_NEIGHBOURS_MAX_ITEMS = 20_000
-BLOCK_ITEMS = 1024  # rows of the item×item product densified at once: 1024 × N floats
 
 
 def keep_top_k(matrix: np.ndarray, k: int) -> np.ndarray:
@@ -41,20 +43,19 @@ class ItemKNNConfig:
             raise ConfigError(f"itemknn.neighbours {self.neighbours}: need at least 1, or null")
 
 
-def item_similarity(matrix: sp.csr_matrix, neighbours: int | None = None) -> sp.csr_matrix:
+def item_similarity(
+    matrix: sp.csr_matrix, neighbours: int | None = None, block_floats: int = BLOCK_FLOATS
+) -> sp.csr_matrix:
     """(N, N) sparse cosine between the columns of a (U, N) 0/1 matrix; unseen items get 0.
 
     With ``neighbours`` set, an item is not its own neighbour and each row keeps its
     ``neighbours`` largest similarities (`keep_top_k`).
     """
-    n_items = matrix.shape[1]
     norms = np.sqrt(np.asarray(matrix.sum(axis=0), dtype=np.float64).ravel())
     norms[norms == 0] = 1.0
-    by_item = matrix.T.tocsr()
     blocks = []
-    for start in range(0, n_items, BLOCK_ITEMS):
-        stop = min(n_items, start + BLOCK_ITEMS)
-        co_counts = (by_item[start:stop] @ matrix).toarray()
+    for start, co_counts in co_occurrence_blocks(matrix, block_floats):
+        stop = start + len(co_counts)
         block = (co_counts / norms[start:stop, None] / norms[None, :]).astype(np.float32)
         if neighbours is not None:
             block[np.arange(stop - start), np.arange(start, stop)] = 0.0
@@ -69,11 +70,11 @@ class ItemKNN(Recommender):
         self.similarity: sp.csr_matrix | None = None
 
     def fit(self, train_sequences: list[np.ndarray], n_items: int, valid: list[UserCase]) -> None:
-        if self.config.neighbours is None and n_items > ALL_NEIGHBOURS_MAX_ITEMS:
+        if self.config.neighbours is None and n_items > ALL_PAIRS_MAX_ITEMS:
             raise ConfigError(
                 f"itemknn.neighbours is null (every item a neighbour): with {n_items:,} items "
                 f"that is a dense {n_items:,}×{n_items:,} similarity; above "
-                f"{ALL_NEIGHBOURS_MAX_ITEMS:,} items set itemknn.neighbours (e.g. 100) in the "
+                f"{ALL_PAIRS_MAX_ITEMS:,} items set itemknn.neighbours (e.g. 100) in the "
                 f"baselines YAML"
             )
         matrix = interaction_matrix(train_sequences, n_items)

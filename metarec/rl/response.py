@@ -23,7 +23,6 @@ safetensors beside its JSON description.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,14 +32,14 @@ from safetensors.numpy import load_file, save_file
 
 from metarec.atomic import atomic_dir
 from metarec.baselines.itemknn import keep_top_k
-from metarec.data.matrix import interaction_matrix
+from metarec.data.matrix import (
+    ALL_PAIRS_MAX_ITEMS,
+    BLOCK_FLOATS,
+    co_occurrence_blocks,
+    interaction_matrix,
+)
 from metarec.errors import ConfigError, MetarecError
 from metarec.eval.beyond import user_counts
-
-# Above this many items, "every item a neighbour" keeps N² similarities (3.2 GB at 20,000
-# items as sparse values and indices): refused, set response.neighbours instead.
-ALL_NEIGHBOURS_MAX_ITEMS = 20_000
-BLOCK_FLOATS = 1 << 24  # co-occurrence counts densified at once (64 MB of float32)
 
 
 @dataclass
@@ -50,7 +49,7 @@ class ResponseFitConfig:
     like_threshold: float = 4.0  # a rating at least this is a like
     like_prior_weight: float = 5.0  # pseudo-ratings pulling rare items to the global like rate
     # each item's most similar items the affinity reads (None: every item, up to
-    # ALL_NEIGHBOURS_MAX_ITEMS items)
+    # ALL_PAIRS_MAX_ITEMS items)
     neighbours: int | None = None
     seed: int = 0
 
@@ -68,7 +67,7 @@ class ResponseFitConfig:
 
 
 def check_neighbours(
-    n_items: int, neighbours: int | None, limit: int = ALL_NEIGHBOURS_MAX_ITEMS
+    n_items: int, neighbours: int | None, limit: int = ALL_PAIRS_MAX_ITEMS
 ) -> None:
     """Refuse every item as a neighbour of every other (a dense N×N) above ``limit`` items."""
     if neighbours is None and n_items > limit:
@@ -91,19 +90,6 @@ def item_genres(item_text: list[str]) -> tuple[np.ndarray, list[str]]:
     for item, genres in enumerate(per_item):
         matrix[item, [column[g] for g in genres]] = 1.0
     return matrix, names
-
-
-def co_occurrence_blocks(
-    matrix: sp.csr_matrix, block_floats: int = BLOCK_FLOATS
-) -> Iterator[tuple[int, np.ndarray]]:
-    """Blocks of the (N, N) co-occurrence counts of a (U, N) 0/1 ``matrix``: (start, (B, N)
-    float32) where row r counts the users holding both item start + r and each item; about
-    ``block_floats`` counts per block, in item order."""
-    n_items = matrix.shape[1]
-    by_item = matrix.T.tocsr()
-    rows = max(1, block_floats // max(1, n_items))
-    for start in range(0, n_items, rows):
-        yield start, (by_item[start : start + rows] @ matrix).toarray()
 
 
 def cosine(co_counts: np.ndarray, row_counts: np.ndarray, column_counts: np.ndarray) -> np.ndarray:
