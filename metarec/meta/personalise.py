@@ -94,9 +94,9 @@ def streamed_support_loss_fn(model: UserModel, batch: EpisodeBatch, chunk_items:
     a time; for first-order test-time adaptation: no gradient reaches the item side, and a
     gradient with ``create_graph`` (for a second derivative) is refused."""
     targets = batch.support[:, 1:]
-    with model.frozen_item_vectors():  # projected in chunks: no catalogue-sized temporary
+    with torch.no_grad():
         vectors = model.item_vectors()
-    target_vectors = vectors[targets]
+        target_vectors = vectors[targets]
     positions = torch.arange(targets.shape[1], device=targets.device)
     real = positions[None, :] < (batch.support_lengths - 1)[:, None]
 
