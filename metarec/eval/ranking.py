@@ -51,11 +51,20 @@ def top_k_mask(matrix: np.ndarray, k: int) -> np.ndarray:
     return above | (at_kth & (np.cumsum(at_kth, axis=1) <= places_left))
 
 
+def top_k_indices(matrix: np.ndarray, k: int) -> np.ndarray:
+    """(R, min(k, C)) column indices of each row's ``k`` largest entries of (R, C)
+    ``matrix``, best first; ties go to the lower index, as in a stable sort. Only the k
+    best of each row are sorted: a partition per row, not a sort of the catalogue."""
+    width = min(k, matrix.shape[1])
+    best = np.nonzero(top_k_mask(matrix, width))[1].reshape(len(matrix), width)  # ascending
+    order = np.argsort(-np.take_along_axis(matrix, best, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(best, order, axis=1)
+
+
 def top_items(scores: np.ndarray, cases: Sequence[UserCase], k: int) -> np.ndarray:
     """(B, k) best item indices of (B, N) scores among what each case may rank (-1: none).
 
-    Ties go to the lower item index, as in the metrics. Only the k best of each row are
-    sorted, so a 27k-item catalogue costs a partition per user, not a full sort.
+    Ties go to the lower item index, as in the metrics.
     """
     allowed = np.ones(scores.shape, dtype=bool)
     for row, case in enumerate(cases):
@@ -64,12 +73,7 @@ def top_items(scores: np.ndarray, cases: Sequence[UserCase], k: int) -> np.ndarr
         else:
             allowed[row] = False
             allowed[row, case.candidates] = True
-    masked = np.where(allowed, scores, -np.inf)
-    width = min(k, scores.shape[1])
-    best = np.nonzero(top_k_mask(masked, width))[1].reshape(len(scores), width)  # ascending
-    order = np.take_along_axis(
-        best, np.argsort(-np.take_along_axis(masked, best, axis=1), axis=1, kind="stable"), axis=1
-    )
+    order = top_k_indices(np.where(allowed, scores, -np.inf), k)
     return np.where(np.take_along_axis(allowed, order, axis=1), order, -1)
 
 

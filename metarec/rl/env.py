@@ -30,6 +30,7 @@ import numpy as np
 from gymnasium import spaces
 
 from metarec.errors import ConfigError
+from metarec.eval.ranking import top_k_indices
 from metarec.rl.response import ResponseModel
 
 SCORE_BLOCK_FLOATS = 1 << 24  # adapted scores computed at once (64 MB of float32)
@@ -86,7 +87,7 @@ def top_unseen(scores: np.ndarray, seen: list[np.ndarray], n: int) -> np.ndarray
     allowed = scores.astype(np.float64, copy=True)
     for row, items in enumerate(seen):
         allowed[row, items] = -np.inf
-    return np.argsort(-allowed, axis=1, kind="stable")[:, :n]
+    return top_k_indices(allowed, n)
 
 
 def best_unseen(
