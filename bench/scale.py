@@ -18,6 +18,8 @@ seconds; peak RSS from ``wait4``):
   many, so a peak RSS that grows with users shows;
 - ``explain``: `metarec explain` of one user.
 
+``--model-steps-only`` reruns train, index, rerank and explain on data already there.
+
 The same train and rerank steps on ml-100k give the reference users/s. Prints one
 Markdown table per size and the growth from the smallest to the largest size, and writes
 everything to ``--json``.
@@ -220,6 +222,15 @@ def size_steps(interactions: int, args: argparse.Namespace) -> dict[str, dict]:
             ),
             work / "synth.log",
         )
+    if not args.model_steps_only:
+        results.update(data_steps(work, folder, cache))
+    results.update(downstream_steps(work, data_section(folder, cache), folder, args))
+    return results
+
+
+def data_steps(work: Path, folder: Path, cache: Path) -> dict[str, dict]:
+    """prepare, then pop, item-kNN and EASE evaluated on the prepared data."""
+    results: dict[str, dict] = {}
     shutil.rmtree(cache / "prepared", ignore_errors=True)
     options = data_options(folder, cache)
     results["prepare"] = measured(metarec("data", "prepare", *options), work / "prepare.log")
@@ -257,7 +268,6 @@ def size_steps(interactions: int, args: argparse.Namespace) -> dict[str, dict]:
                 ndcg10=summary["methods"][method]["ndcg@10"],
                 test_users=summary["n_test_users"],
             )
-    results.update(downstream_steps(work, data_section(folder, cache), folder, args))
     return results
 
 
@@ -329,6 +339,11 @@ def main() -> None:
     )
     parser.add_argument("--train-steps", type=int, default=8, help="meta steps measured")
     parser.add_argument("--rerank-users", type=int, default=128)
+    parser.add_argument(
+        "--model-steps-only",
+        action="store_true",
+        help="skip prepare and the baselines: train, index, rerank and explain only",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,7 @@ def test_catalogue_projected_in_chunks_equals_the_whole_projection():
     assert [start for start, _ in chunks] == list(range(0, N_ITEMS, 7))
     torch.testing.assert_close(torch.cat([vectors for _, vectors in chunks]), whole)
     with model.frozen_item_vectors():
-        torch.testing.assert_close(model.frozen_vectors, whole, rtol=0, atol=0)
+        torch.testing.assert_close(model.held_vectors, whole, rtol=0, atol=0)
 
 
 def grouped_reference(table: pd.DataFrame, item_ids: np.ndarray, path) -> list[tuple]:

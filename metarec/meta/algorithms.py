@@ -59,6 +59,10 @@ class MetaConfig:
     inner_steps: int = 5
     inner_lr: float = 0.01
     proximal_strength: float = 0.1
+    # the support loss's softmax over this many sampled items instead of the catalogue
+    # (`metarec.meta.losses.sampled_next_item_losses`), where the catalogue is larger; null:
+    # the whole catalogue. Its cost per support position then stops growing with the items.
+    support_negatives: int | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -67,6 +71,11 @@ class MetaConfig:
             )
         if self.inner_steps < 0 or self.inner_lr <= 0:
             raise ConfigError("meta.inner_steps must be >= 0 and meta.inner_lr > 0")
+        if self.support_negatives is not None and self.support_negatives < 2:
+            raise ConfigError(
+                f"meta.support_negatives {self.support_negatives}: expected null (the whole "
+                "catalogue) or at least 2 sampled items"
+            )
 
     @property
     def properties(self) -> Algorithm:

@@ -1,10 +1,12 @@
 """Per-user losses of the user model: next-item inside the support, and query ranking.
 
-Both return one loss per user, (U,), so that summing them gives every user's own
+Each returns one loss per user, (U,), so that summing them gives every user's own
 gradient in the batched inner loop.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.nn import functional as F
@@ -21,11 +23,44 @@ def next_item_losses(scores: torch.Tensor, items: torch.Tensor, lengths: torch.T
     per_position = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
     ).view(targets.shape)
-    positions = torch.arange(targets.shape[1], device=items.device)
+    return mean_over_support_positions(per_position, lengths)
+
+
+def mean_over_support_positions(per_position: torch.Tensor, lengths: torch.Tensor):
+    """(U,) mean of (U, T−1) per-position losses over each user's real positions (< length−1)."""
+    positions = torch.arange(per_position.shape[1], device=per_position.device)
     real = positions[None, :] < (lengths - 1)[:, None]
     # padding targets repeat item 0, whose logit may be masked to -inf (an infinite loss)
     per_position = torch.where(real, per_position, torch.zeros_like(per_position))
     return per_position.sum(dim=1) / real.sum(dim=1).clamp(min=1)
+
+
+def sampled_next_item_losses(
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    negatives: torch.Tensor,
+    targets: torch.Tensor,
+    lengths: torch.Tensor,
+    pool_size: int,
+):
+    """`next_item_losses` with the softmax's denominator estimated from sampled items.
+
+    positive: (U, T−1) score of item t+1 from the state after item t, targets: (U, T−1)
+    those items; negative: (U, T−1, M) scores of ``negatives``, (M,) distinct items drawn
+    uniformly from the pool of ``pool_size`` items the softmax ranks; lengths: (U,).
+
+    The sum over the pool's other P−1 items is m drawn items' sum times (P−1)/m, where m
+    counts the drawn items other than the target (a drawn target is counted once, as the
+    positive): log Z ≈ log(exp(positive) + (P−1)/m · Σ exp(negative)), so the loss
+    estimates the full softmax's, whose scale the inner learning rate was chosen for.
+    Needs M ≥ 2 (at least one item besides a drawn target). Returns (U,).
+    """
+    hits = negatives[None, None, :] == targets[..., None]
+    negative = negative.masked_fill(hits, float("-inf"))
+    others = (len(negatives) - hits.sum(dim=-1)).to(positive.dtype)
+    log_weight = math.log(pool_size - 1) - torch.log(others)
+    log_partition = torch.logaddexp(positive, torch.logsumexp(negative, dim=-1) + log_weight)
+    return mean_over_support_positions(log_partition - positive, lengths)
 
 
 def query_losses(scores: torch.Tensor, query: torch.Tensor, excluded: torch.Tensor):

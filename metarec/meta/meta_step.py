@@ -20,7 +20,7 @@ from torch import nn
 from metarec.data.episodes import EpisodeBatch
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, meta_objective
 from metarec.meta.inner_loop import LossFn
-from metarec.meta.personalise import query_loss_fn, support_loss_fn
+from metarec.meta.personalise import query_loss_fn, sample_negatives, support_loss_fn
 from metarec.models.lora import initial_fast_weights
 from metarec.models.user_model import UserModel
 
@@ -75,16 +75,23 @@ class MetaStepModule(nn.Module):
         """Mean meta objective over the batch (see `metarec.meta.algorithms`)."""
         batch = EpisodeBatch(support, support_lengths, query)
         start = initial_fast_weights(self.model.lora_layers, len(support))
-        if self.next_item:
-            return support_loss_fn(self.model, batch, self.unranked)(start).mean()
-        excluded = batch.support_excluded(self.model.id_embedding.num_embeddings)
-        if self.unranked is not None:
-            excluded = excluded | self.unranked
-        objective, _ = meta_objective(
-            self.meta,
-            support_loss_fn(self.model, batch, self.unranked),
-            self.query_loss(self.model, batch, excluded),
-            start,
-            self.rates,
-        )
-        return objective
+        n_items = self.model.id_embedding.num_embeddings
+        # fresh for every step, from torch's generator (in the checkpoint: resume is exact)
+        negatives = sample_negatives(n_items, self.meta.support_negatives, self.unranked)
+        if negatives is not None:
+            negatives = negatives.to(support.device)
+        support_loss = support_loss_fn(self.model, batch, self.unranked, negatives)
+        with self.model.shared_item_vectors():
+            if self.next_item:
+                return support_loss(start).mean()
+            excluded = batch.support_excluded(n_items)
+            if self.unranked is not None:
+                excluded = excluded | self.unranked
+            objective, _ = meta_objective(
+                self.meta,
+                support_loss,
+                self.query_loss(self.model, batch, excluded),
+                start,
+                self.rates,
+            )
+            return objective

@@ -28,15 +28,9 @@ from metarec.data.episodes import collate
 from metarec.device import model_device, to_numpy
 from metarec.errors import ConfigError
 from metarec.eval.metrics import metrics_at_k, relevant_ranks
-from metarec.meta.algorithms import inner_loop_settings
-from metarec.meta.inner_loop import adapt
-from metarec.meta.personalise import (
-    SOFTMAX_CHUNK_ITEMS,
-    last_states,
-    streamed_support_loss_fn,
-)
+from metarec.meta.personalise import adapt_batch, last_states
 from metarec.meta.recommender import LLMRecommender
-from metarec.models.lora import FastWeights, initial_fast_weights
+from metarec.models.lora import FastWeights
 
 STRATEGIES = ("none", "full", "incremental")
 
@@ -65,27 +59,12 @@ def _adapted(
 ) -> FastWeights:
     """Fast weights after ``steps`` support steps on (U, T) ``histories`` from ``start``
     (None: the meta-learned initialisation), the inner learning rate times ``lr_scale``."""
-    model = method.model
     batch = collate(
-        list(histories), [np.empty(0, dtype=np.int64)] * len(histories), model_device(model)
+        list(histories), [np.empty(0, dtype=np.int64)] * len(histories), model_device(method.model)
     )
-    if start is None:
-        start = initial_fast_weights(model.lora_layers, len(histories))
-    else:
-        start = {
-            n: (a.clone().requires_grad_(), b.clone().requires_grad_())
-            for n, (a, b) in start.items()
-        }
-    lr, proximal = inner_loop_settings(method.meta, method.rates)
-    if isinstance(lr, dict):
-        lr = {name: (a * lr_scale, b * lr_scale) for name, (a, b) in lr.items()}
-    else:
-        lr = lr * lr_scale
-    with torch.enable_grad():
-        # streamed over the catalogue, as rerank adapts: no (U, T, N) scores at 1M items
-        loss = streamed_support_loss_fn(model, batch, SOFTMAX_CHUNK_ITEMS)
-        fast = adapt(loss, start, steps, lr, False, proximal)
-    return {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
+    return adapt_batch(
+        method.model, batch, method.meta, method.rates, steps, start=start, lr_scale=lr_scale
+    )
 
 
 def _next_item_ranks(

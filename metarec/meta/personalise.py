@@ -5,10 +5,15 @@ query items from the state after the last support item, with the support exclude
 the ``coldstart`` protocol does at test time. In training on ``coldstart-items``, neither
 ranks the held-out items (their logits masked), so no gradient reaches them.
 
-Test-time adaptation (`adapt_batch`) takes the same support loss with its softmax over the
-catalogue streamed (`streamed_support_loss_fn`): ``SOFTMAX_CHUNK_ITEMS`` items at a time, so
-its memory does not grow with the catalogue. Its time still does: every support position
-of every inner step is normalised over every item, as the model was meta-trained to adapt.
+With ``meta.support_negatives`` set and a larger catalogue, the support loss's softmax is
+estimated on that many items drawn uniformly (`sample_negatives`): fresh ones for each
+training step, from the checkpointed torch generator, and one fixed set at test time
+(``TEST_NEGATIVES_SEED``), so a user's adapted weights do not depend on the batch or the job.
+
+Otherwise test-time adaptation (`adapt_batch`) takes the support loss with its softmax over
+the catalogue streamed (`streamed_support_loss_fn`): ``SOFTMAX_CHUNK_ITEMS`` items at a
+time, so its memory does not grow with the catalogue. Its time still does: every support
+position of every inner step is normalised over every item.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ from metarec.data.episodes import EpisodeBatch
 from metarec.device import to_numpy
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates, inner_loop_settings
 from metarec.meta.inner_loop import LossFn, adapt
-from metarec.meta.losses import next_item_losses, query_losses
+from metarec.meta.losses import (
+    mean_over_support_positions,
+    next_item_losses,
+    query_losses,
+    sampled_next_item_losses,
+)
 from metarec.models.lora import FastWeights, bind_fast_weights, initial_fast_weights
 from metarec.models.user_model import UserModel
 
@@ -32,14 +42,59 @@ def last_states(model: UserModel, batch: EpisodeBatch, fast: FastWeights) -> tor
     return states[torch.arange(len(states), device=states.device), batch.support_lengths - 1]
 
 
+# the seed of the one set of negatives every test-time adaptation draws
+TEST_NEGATIVES_SEED = 0
+
+
+def sample_negatives(
+    n_items: int,
+    count: int | None,
+    unranked: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor | None:
+    """(count,) distinct items drawn uniformly from the catalogue's ranked ones (all but
+    ``unranked``, (N,) bool), on the CPU so that a seed gives the same items on any device;
+    None when ``count`` is None or the draw would hold every other item (the whole
+    softmax is then exact and no dearer). ``generator`` None: torch's global one."""
+    if count is None:
+        return None
+    pool = torch.arange(n_items) if unranked is None else (~unranked.cpu()).nonzero()[:, 0]
+    if count >= len(pool) - 1:
+        return None
+    return pool[torch.randperm(len(pool), generator=generator)[:count]]
+
+
+def adaptation_negatives(model: UserModel, meta: MetaConfig) -> torch.Tensor | None:
+    """The fixed negatives (or None) of test-time adaptation (``TEST_NEGATIVES_SEED``)."""
+    n_items = model.id_embedding.num_embeddings
+    generator = torch.Generator().manual_seed(TEST_NEGATIVES_SEED)
+    negatives = sample_negatives(n_items, meta.support_negatives, None, generator)
+    return None if negatives is None else negatives.to(model.id_embedding.weight.device)
+
+
 def support_loss_fn(
-    model: UserModel, batch: EpisodeBatch, unranked: torch.Tensor | None = None
+    model: UserModel,
+    batch: EpisodeBatch,
+    unranked: torch.Tensor | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> LossFn:
-    """``unranked``: (N,) bool items left out of the softmax (training's held-out items)."""
+    """Next-item loss inside each user's support: its softmax over the catalogue, or
+    estimated on ``negatives`` ((M,) items from `sample_negatives`, same ``unranked``);
+    ``unranked``: (N,) bool items left out of the softmax (training's held-out items)."""
+    n_items = model.id_embedding.num_embeddings
+    pool_size = n_items if unranked is None else n_items - int(unranked.sum())
 
     def support_loss(fast: FastWeights) -> torch.Tensor:
         with bind_fast_weights(model.lora_layers, fast):
             states = model.states(batch.support, batch.support_lengths)
+        if negatives is not None:
+            targets = batch.support[:, 1:]
+            states = states[:, :-1]
+            positive = (states * model.item_vectors(targets)).sum(dim=-1)
+            negative = states @ model.item_vectors(negatives).T
+            return sampled_next_item_losses(
+                positive, negative, negatives, targets, batch.support_lengths, pool_size
+            )
         scores = model.scores(states)
         if unranked is not None:
             scores = scores.masked_fill(unranked, float("-inf"))
@@ -97,18 +152,15 @@ def streamed_support_loss_fn(model: UserModel, batch: EpisodeBatch, chunk_items:
     with torch.no_grad():
         vectors = model.item_vectors()
         target_vectors = vectors[targets]
-    positions = torch.arange(targets.shape[1], device=targets.device)
-    real = positions[None, :] < (batch.support_lengths - 1)[:, None]
 
     def support_loss(fast: FastWeights) -> torch.Tensor:
         with bind_fast_weights(model.lora_layers, fast):
             states = model.states(batch.support, batch.support_lengths)[:, :-1]
         flat = states.reshape(-1, states.shape[-1])
         log_partition = _LogPartition.apply(flat, vectors, chunk_items).view(targets.shape)
-        # cross-entropy of item t+1 from the state after item t; padding positions count 0
+        # cross-entropy of item t+1 from the state after item t
         per_position = log_partition - (states * target_vectors).sum(dim=-1)
-        per_position = torch.where(real, per_position, torch.zeros_like(per_position))
-        return per_position.sum(dim=1) / real.sum(dim=1).clamp(min=1)
+        return mean_over_support_positions(per_position, batch.support_lengths)
 
     return support_loss
 
@@ -126,17 +178,31 @@ def adapt_batch(
     meta: MetaConfig,
     rates: MetaSGDRates | None,
     steps: int,
+    start: FastWeights | None = None,
+    lr_scale: float = 1.0,
 ) -> FastWeights:
-    """Each user's fast weights after ``steps`` first-order support steps, detached; the
-    support loss streams the catalogue (`streamed_support_loss_fn`)."""
+    """Each user's fast weights after ``steps`` first-order support steps from ``start``
+    (None: the meta-learned initialisation), the inner learning rate(s) times ``lr_scale``;
+    detached. The support loss takes the fixed negatives (`adaptation_negatives`) or streams the
+    catalogue (`streamed_support_loss_fn`)."""
     lr, proximal = inner_loop_settings(meta, rates)
+    if isinstance(lr, dict):
+        lr = {name: (a * lr_scale, b * lr_scale) for name, (a, b) in lr.items()}
+    else:
+        lr = lr * lr_scale
+    if start is None:
+        start = initial_fast_weights(model.lora_layers, len(batch.support))
     # leaves of their own: works under no_grad and with a frozen model (a distillation teacher)
     start = {
         name: (a.detach().requires_grad_(), b.detach().requires_grad_())
-        for name, (a, b) in initial_fast_weights(model.lora_layers, len(batch.support)).items()
+        for name, (a, b) in start.items()
     }
+    negatives = adaptation_negatives(model, meta)
     with torch.enable_grad():
-        loss = streamed_support_loss_fn(model, batch, SOFTMAX_CHUNK_ITEMS)
+        if negatives is None:
+            loss = streamed_support_loss_fn(model, batch, SOFTMAX_CHUNK_ITEMS)
+        else:
+            loss = support_loss_fn(model, batch, negatives=negatives)
         fast = adapt(loss, start, steps, lr, False, proximal)
     return {name: (a.detach(), b.detach()) for name, (a, b) in fast.items()}
 

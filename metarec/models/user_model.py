@@ -91,7 +91,9 @@ class UserModel(nn.Module):
         self.item_projection = nn.Linear(text_dim + config.id_dim, config.item_dim, dtype=dtype)
         self.input_projection = nn.Linear(config.item_dim, hidden, dtype=dtype)
         self.output_projection = nn.Linear(hidden, config.item_dim, dtype=dtype)
-        self.frozen_vectors: torch.Tensor | None = None
+        # the catalogue's vectors while a block holds them (`frozen_item_vectors`,
+        # `shared_item_vectors`): every `item_vectors` call reads them instead of projecting
+        self.held_vectors: torch.Tensor | None = None
         # (items, first adapted layer, hidden states entering it) while `frozen_prefix` runs
         self.prefix: tuple[torch.Tensor, int, torch.Tensor] | None = None
 
@@ -122,8 +124,8 @@ class UserModel(nn.Module):
 
     def item_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """(N, item_dim) vectors of every catalogue item, or (*rows.shape, item_dim) of ``rows``."""
-        if self.frozen_vectors is not None:
-            return self.frozen_vectors if rows is None else self.frozen_vectors[rows]
+        if self.held_vectors is not None:
+            return self.held_vectors if rows is None else self.held_vectors[rows]
         if rows is None:
             parts = [self.id_embedding.weight]
             if self.text_vectors is not None:
@@ -153,18 +155,37 @@ class UserModel(nn.Module):
         Outside training the item side is constant, yet every forward of the inner loop
         would project the whole catalogue again.
         """
-        if self.frozen_vectors is not None:  # blocks nest: an inner one uses the outer's
+        if self.held_vectors is not None:  # blocks nest: an inner one uses the outer's
             yield
             return
         weight = self.item_projection.weight
         frozen = weight.new_empty(self.id_embedding.num_embeddings, self.config.item_dim)
         for start, vectors in self.catalogue_chunks():
             frozen[start : start + len(vectors)] = vectors
-        self.frozen_vectors = frozen
+        with self._holding(frozen):
+            yield
+
+    @contextmanager
+    def shared_item_vectors(self) -> Iterator[None]:
+        """Project the catalogue once, with its graph, for a block that trains on it.
+
+        A meta step's inner steps and its query loss all score the catalogue; projecting it
+        for each (forward and backward) costs as much as a backbone layer at 27,000 items.
+        Inside the block they share one projection, and its gradient flows back once.
+        """
+        if self.held_vectors is not None:
+            yield
+            return
+        with self._holding(self.item_vectors()):
+            yield
+
+    @contextmanager
+    def _holding(self, vectors: torch.Tensor) -> Iterator[None]:
+        self.held_vectors = vectors
         try:
             yield
         finally:
-            self.frozen_vectors = None
+            self.held_vectors = None
 
     @staticmethod
     def _attention_mask(items: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -183,7 +204,7 @@ class UserModel(nn.Module):
             _, first, hidden = self.prefix
             top = self.backbone.config.num_hidden_layers
             return self._from_backbone(run_layers(self.backbone, hidden, mask, first, top))
-        inputs = self._to_backbone(self.input_projection(self.item_vectors()[items]))
+        inputs = self._to_backbone(self.input_projection(self.item_vectors(items)))
         # no KV cache: nothing is generated, and a recomputed layer would append to it twice
         output = self.backbone(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
         return self._from_backbone(output.last_hidden_state)
@@ -218,7 +239,7 @@ class UserModel(nn.Module):
         # only decoder stacks whose forward is embeddings -> layers -> norm can be split
         if first > 0 and self.backbone.config.model_type in SPLITTABLE_MODEL_TYPES:
             with torch.no_grad():
-                inputs = self._to_backbone(self.input_projection(self.item_vectors()[items]))
+                inputs = self._to_backbone(self.input_projection(self.item_vectors(items)))
                 mask = self._attention_mask(items, lengths)
                 self.prefix = (items, first, run_layers(self.backbone, inputs, mask, 0, first))
         try:
