@@ -85,6 +85,10 @@ class TrainConfig:
     # (next-item prediction at every position of consecutive windows of model.max_len items
     # covering each whole training history, as SASRec trains: about 100 times more targets).
     pretrain_objective: str = "episodes"
+    # The fraction of items whose id embedding each training step hides (DropoutNet), drawn
+    # afresh per step: those items are placed and scored by their text alone, so the text
+    # path learns to rank items that have no id embedding yet (coldstart-items' new items).
+    id_dropout: float = 0.0
     epochs: int = 1
     # Caps every epoch at this many steps (0: no cap), to measure throughput on a big
     # dataset without training on all of it; epochs still report their full batch count.
@@ -109,6 +113,8 @@ class TrainConfig:
                 f"pretrain_objective {self.pretrain_objective!r}: expected one of "
                 f"{PRETRAIN_OBJECTIVES}"
             )
+        if not 0 <= self.id_dropout < 1:
+            raise ConfigError(f"id_dropout {self.id_dropout}: expected a fraction in [0, 1)")
         if self.max_steps_per_epoch < 0:
             raise ConfigError(
                 f"max_steps_per_epoch {self.max_steps_per_epoch}: 0 (no cap) or a step count"

@@ -267,3 +267,41 @@ def test_evaluate_reports_both_metric_sets_and_who_cannot_rank_new_items(
     printed = capsys.readouterr().out
     assert f"over the {split['test_users_with_held_out_query']} test users" in printed
     assert "pop, itemknn learn items from interactions only" in printed
+
+
+def test_id_dropout_hides_a_fresh_set_of_ids_per_step(data_config, tmp_path):
+    """One meta step with id_dropout 0.5: the items it drew (replayed from the same torch
+    seed) are projected from a zero id and get exactly no id gradient, while most others
+    do; without dropout the step draws no random number at all."""
+    recipe = MetaTrainRecipe(tiny_config(data_config, tmp_path / "run", protocol="coldstart"))
+    recipe.setup()
+    model = recipe.model
+    episodes = sample_episodes(recipe.split.train_sequences, [5, 10], 10, recipe.rng)[:8]
+    batch = collate([s for s, _ in episodes], [q for _, q in episodes])
+    module = MetaStepModule(model, recipe.config.meta, None, None, id_dropout=0.5)
+    torch.manual_seed(7)
+    model.zero_grad()
+    module(batch.support, batch.support_lengths, batch.query).backward()
+    torch.manual_seed(7)
+    hidden = torch.rand(recipe.n_items) < 0.5
+    gradient = model.id_embedding.weight.grad
+    assert 0 < hidden.sum() < recipe.n_items
+    assert torch.equal(gradient[hidden], torch.zeros_like(gradient[hidden]))
+    assert (gradient[~hidden] != 0).any(dim=1).float().mean() > 0.5
+    with torch.no_grad():
+        vectors = model.item_vectors(hidden_ids=hidden)
+        whole = model.item_vectors()
+        text_only = model.item_projection(torch.zeros(model.config.id_dim))
+    torch.testing.assert_close(vectors[~hidden], whole[~hidden], rtol=0, atol=0)
+    torch.testing.assert_close(vectors[hidden], text_only.expand(int(hidden.sum()), -1))
+    state = torch.get_rng_state()
+    MetaStepModule(model, recipe.config.meta, None)(
+        batch.support, batch.support_lengths, batch.query
+    )
+    assert torch.equal(torch.get_rng_state(), state)
+    recipe.cleanup()
+
+
+def test_id_dropout_outside_zero_to_one_is_refused(data_config, tmp_path):
+    with pytest.raises(ConfigError, match=r"id_dropout 1.0: expected a fraction in \[0, 1\)"):
+        TrainConfig(data=data_config, id_dropout=1.0)

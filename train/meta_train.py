@@ -110,7 +110,9 @@ class MetaTrainRecipe:
         if config.init_from is not None:
             self.load_initial_weights(config.init_from)
         self.stages = self.plan()
-        self.step_module = MetaStepModule(self.model, self.stages[0][1], self.rates, unranked)
+        self.step_module = MetaStepModule(
+            self.model, self.stages[0][1], self.rates, unranked, config.id_dropout
+        )
         if config.distributed.activation_checkpointing:
             enable_activation_checkpointing(self.model.backbone)
         first_lr = self.stages[0][3].outer_lr

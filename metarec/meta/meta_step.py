@@ -37,13 +37,16 @@ class MetaStepModule(nn.Module):
         meta: MetaConfig,
         rates: MetaSGDRates | None,
         unranked: torch.Tensor | None = None,
+        id_dropout: float = 0.0,
     ) -> None:
         """``unranked``: (N,) bool items no training softmax ranks (coldstart-items' held-out
-        items), so their id embeddings get no gradient; None ranks the whole catalogue."""
+        items), so their id embeddings get no gradient; None ranks the whole catalogue.
+        ``id_dropout``: the fraction of items each step sees by their text alone."""
         super().__init__()
         self.model = model
         self.rates = rates
         self.unranked = unranked
+        self.id_dropout = id_dropout
         self.meta = meta  # the recipe swaps it between stages (pretraining: no inner steps)
         # ordinary training on whole windows: next-item loss at every position, no query
         self.next_item = False
@@ -81,7 +84,10 @@ class MetaStepModule(nn.Module):
         if negatives is not None:
             negatives = negatives.to(support.device)
         support_loss = support_loss_fn(self.model, batch, self.unranked, negatives)
-        with self.model.shared_item_vectors():
+        hidden_ids = None
+        if self.id_dropout > 0:  # drawn like the negatives (no draw at all without dropout)
+            hidden_ids = (torch.rand(n_items) < self.id_dropout).to(support.device)
+        with self.model.shared_item_vectors(hidden_ids):
             if self.next_item:
                 return support_loss(start).mean()
             excluded = batch.support_excluded(n_items)

@@ -122,12 +122,21 @@ class UserModel(nn.Module):
             model.id_embedding.weight.data.copy_(torch.from_numpy(start))
         return model
 
-    def item_vectors(self, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, item_dim) vectors of every catalogue item, or (*rows.shape, item_dim) of ``rows``."""
+    def item_vectors(
+        self, rows: torch.Tensor | None = None, hidden_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N, item_dim) vectors of every catalogue item, or (*rows.shape, item_dim) of ``rows``.
+
+        ``hidden_ids``: (N,) bool items whose id embedding counts as zero (training's id
+        dropout); the whole catalogue only.
+        """
         if self.held_vectors is not None:
             return self.held_vectors if rows is None else self.held_vectors[rows]
         if rows is None:
-            parts = [self.id_embedding.weight]
+            ids = self.id_embedding.weight
+            if hidden_ids is not None:
+                ids = ids.masked_fill(hidden_ids[:, None], 0.0)
+            parts = [ids]
             if self.text_vectors is not None:
                 parts.insert(0, self.text_vectors)
         else:
@@ -166,17 +175,18 @@ class UserModel(nn.Module):
             yield
 
     @contextmanager
-    def shared_item_vectors(self) -> Iterator[None]:
+    def shared_item_vectors(self, hidden_ids: torch.Tensor | None = None) -> Iterator[None]:
         """Project the catalogue once, with its graph, for a block that trains on it.
 
         A meta step's inner steps and its query loss all score the catalogue; projecting it
         for each (forward and backward) costs as much as a backbone layer at 27,000 items.
-        Inside the block they share one projection, and its gradient flows back once.
+        Inside the block they share one projection, and its gradient flows back once; items
+        in ``hidden_ids`` ((N,) bool) are seen by their text alone, in histories and scores.
         """
         if self.held_vectors is not None:
             yield
             return
-        with self._holding(self.item_vectors()):
+        with self._holding(self.item_vectors(hidden_ids=hidden_ids)):
             yield
 
     @contextmanager
