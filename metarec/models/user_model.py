@@ -140,7 +140,9 @@ class UserModel(nn.Module):
             if self.text_vectors is not None:
                 parts.insert(0, self.text_vectors)
         else:
-            parts = [self.id_embedding(rows)]
+            # the weight read directly, not through the module's forward: under ZeRO-3 a
+            # submodule's forward re-partitions it on exit, even inside a gathered block
+            parts = [self.id_embedding.weight[rows]]
             if self.text_vectors is not None:
                 parts.insert(0, self.text_vectors[rows])
         return self.item_projection(torch.cat(parts, dim=-1))
