@@ -71,6 +71,22 @@ def train_tiny_run(folder: Path, data: DataConfig, support_sizes=(5, 10)) -> Tra
     return config
 
 
+def losses_and_gradients(model, loss_fn, n_users: int):
+    """``loss_fn``'s (U,) losses at the meta-learned start of ``n_users`` users, and their
+    sum's gradients with respect to the fast weights (A and B of every adapted layer)."""
+    import torch
+
+    from metarec.models.lora import initial_fast_weights
+
+    fast = {
+        name: (a.detach().requires_grad_(), b.detach().requires_grad_())
+        for name, (a, b) in initial_fast_weights(model.lora_layers, n_users).items()
+    }
+    losses = loss_fn(fast)
+    flat = [tensor for pair in fast.values() for tensor in pair]
+    return losses, torch.autograd.grad(losses.sum(), flat)
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     """The folder holding ml-100k: $METAREC_DATA_DIR, else ../shared/data beside the repo."""

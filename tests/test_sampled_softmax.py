@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import losses_and_gradients
 from safetensors.torch import load_file
 
 from metarec.data.episodes import EpisodeBatch, collate
@@ -32,7 +33,7 @@ from metarec.meta.personalise import (
     support_loss_fn,
 )
 from metarec.models.backbone import BackboneConfig, load_backbone
-from metarec.models.lora import LoRAConfig, initial_fast_weights
+from metarec.models.lora import LoRAConfig
 from metarec.models.user_model import UserModel, UserModelConfig
 from train.meta_train import TrainConfig, train
 
@@ -61,16 +62,6 @@ def tiny_model(text: bool = False) -> UserModel:
 
 def support_batch(histories=HISTORIES) -> EpisodeBatch:
     return collate(histories, [np.empty(0, dtype=np.int64)] * len(histories))
-
-
-def losses_and_gradients(model, loss_fn):
-    fast = {
-        name: (a.detach().requires_grad_(), b.detach().requires_grad_())
-        for name, (a, b) in initial_fast_weights(model.lora_layers, len(HISTORIES)).items()
-    }
-    losses = loss_fn(fast)
-    flat = [tensor for pair in fast.values() for tensor in pair]
-    return losses, torch.autograd.grad(losses.sum(), flat)
 
 
 def test_sampled_loss_equals_a_per_position_loop():
@@ -109,8 +100,12 @@ def test_drawing_every_ranked_item_is_the_whole_softmax(held_out):
         unranked = torch.zeros(N_ITEMS, dtype=torch.bool)
         unranked[[0, 1, 20, 25, 39]] = True
     everything = torch.arange(N_ITEMS) if unranked is None else (~unranked).nonzero()[:, 0]
-    expected, expected_grads = losses_and_gradients(model, support_loss_fn(model, batch, unranked))
-    losses, grads = losses_and_gradients(model, support_loss_fn(model, batch, unranked, everything))
+    expected, expected_grads = losses_and_gradients(
+        model, support_loss_fn(model, batch, unranked), len(HISTORIES)
+    )
+    losses, grads = losses_and_gradients(
+        model, support_loss_fn(model, batch, unranked, everything), len(HISTORIES)
+    )
     torch.testing.assert_close(losses, expected, rtol=1e-10, atol=1e-10)
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-9, atol=1e-9)
@@ -182,7 +177,8 @@ def test_adaptation_with_negatives_does_not_depend_on_the_batch():
 
 def meta_gradient(model, meta, shared: bool, monkeypatch) -> list[torch.Tensor]:
     if not shared:
-        monkeypatch.setattr(UserModel, "shared_item_vectors", lambda self: nullcontext())
+        projected_each_time = lambda self, hidden=None: nullcontext()  # noqa: E731
+        monkeypatch.setattr(UserModel, "shared_item_vectors", projected_each_time)
     step = MetaStepModule(model, meta, None)
     batch = collate(HISTORIES, [np.array([1, 8]), np.array([12]), np.array([0, 2, 4])])
     model.zero_grad()

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import losses_and_gradients
 
 from metarec.data.episodes import collate
 from metarec.meta.personalise import streamed_support_loss_fn, support_loss_fn
@@ -44,24 +45,15 @@ def tiny_model(spread: float = 1.0) -> UserModel:
     return model
 
 
-def losses_and_gradients(model, loss_fn):
-    fast = {
-        name: (a.detach().requires_grad_(), b.detach().requires_grad_())
-        for name, (a, b) in initial_fast_weights(model.lora_layers, len(HISTORIES)).items()
-    }
-    losses = loss_fn(fast)
-    flat = [tensor for pair in fast.values() for tensor in pair]
-    return losses, torch.autograd.grad(losses.sum(), flat)
-
-
 @pytest.mark.parametrize("spread", [1.0, 300.0])
 @pytest.mark.parametrize("chunk_items", [1, 7, N_ITEMS])
 def test_streamed_support_loss_and_gradient_equal_the_whole_softmax(spread, chunk_items):
     model = tiny_model(spread)
     batch = collate(HISTORIES, [np.empty(0, dtype=np.int64)] * len(HISTORIES))
-    expected, expected_grads = losses_and_gradients(model, support_loss_fn(model, batch))
+    whole = support_loss_fn(model, batch)
+    expected, expected_grads = losses_and_gradients(model, whole, len(HISTORIES))
     streamed = streamed_support_loss_fn(model, batch, chunk_items)
-    losses, grads = losses_and_gradients(model, streamed)
+    losses, grads = losses_and_gradients(model, streamed, len(HISTORIES))
     assert torch.isfinite(expected).all() and expected.max() > (10 if spread > 1 else 0)
     torch.testing.assert_close(losses, expected, rtol=1e-10, atol=1e-10)
     for grad, expected_grad in zip(grads, expected_grads, strict=True):
