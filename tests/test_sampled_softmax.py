@@ -175,9 +175,13 @@ def test_adaptation_with_negatives_does_not_depend_on_the_batch():
     assert (whole[name][1] - together[name][1]).abs().max() > 1e-6  # the sample mattered
 
 
+def projected_each_time(model: UserModel, hidden_ids=None):
+    """`UserModel.shared_item_vectors` undone: every call projects the catalogue again."""
+    return nullcontext()
+
+
 def meta_gradient(model, meta, shared: bool, monkeypatch) -> list[torch.Tensor]:
     if not shared:
-        projected_each_time = lambda self, hidden=None: nullcontext()  # noqa: E731
         monkeypatch.setattr(UserModel, "shared_item_vectors", projected_each_time)
     step = MetaStepModule(model, meta, None)
     batch = collate(HISTORIES, [np.array([1, 8]), np.array([12]), np.array([0, 2, 4])])
