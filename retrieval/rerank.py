@@ -20,9 +20,9 @@ own scores are approximate.
 Memory does not grow with the number of users beyond their input: histories are held as
 arrays (`UserInputs`), not an object per user, and only one shard's users and rows exist
 as objects before the shard is written. Nor with the catalogue beyond the item side and the
-index: adaptation streams its softmax over the catalogue
-(`metarec.meta.personalise.streamed_support_loss_fn`). Its time does grow with the
-catalogue: that softmax normalises every support position over every item.
+index: adaptation estimates its softmax on the run's ``meta.support_negatives`` sampled
+items (one fixed draw for every user), or, without them, streams it over the catalogue
+(`metarec.meta.personalise.streamed_support_loss_fn`), whose time grows with the catalogue.
 
 Under ``torchrun`` the fixed shards of `retrieval.shards` are dealt round-robin to the
 ranks; a rerun skips finished shards, and rank 0 ends the job with the exactly-once check.

@@ -26,6 +26,7 @@ from metarec.hashing import sha256_of
 from metarec.meta.algorithms import MetaConfig
 from metarec.meta.losses import sampled_next_item_losses
 from metarec.meta.meta_step import MetaStepModule
+from metarec.meta.peft_loop import PeftUserLoop
 from metarec.meta.personalise import (
     adapt_batch,
     adaptation_negatives,
@@ -260,3 +261,11 @@ def test_a_resumed_step_draws_the_uninterrupted_steps_negatives(data_config, tmp
         redone = final_weights(tmp_path / "run")
         gap = max((redone[n] - uninterrupted[n]).abs().max() for n in uninterrupted)
         assert (gap > 1e-6) if reseeded else (gap == 0), reseeded
+
+
+def test_the_per_user_peft_reference_refuses_a_sampling_run(tmp_path):
+    """The peft loop (the benches' reference) adapts on the whole softmax: comparing it with
+    a run that samples would compare two losses."""
+    meta = MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.5, support_negatives=8)
+    with pytest.raises(ConfigError, match=r"support_negatives \(8\) samples its 40 items"):
+        PeftUserLoop(tiny_model(), tmp_path, meta)

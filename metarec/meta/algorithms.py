@@ -62,6 +62,8 @@ class MetaConfig:
     # the support loss's softmax over this many sampled items instead of the catalogue
     # (`metarec.meta.losses.sampled_next_item_losses`), where the catalogue is larger; null:
     # the whole catalogue. Its cost per support position then stops growing with the items.
+    # The ordinary stage's next-item objective (pretrain_objective: next_item) is the same
+    # loss and samples too; the query loss always ranks the whole catalogue.
     support_negatives: int | None = None
 
     def __post_init__(self) -> None:

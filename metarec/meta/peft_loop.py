@@ -31,6 +31,13 @@ class PeftUserLoop:
     def __init__(self, model: UserModel, adapter_dir: Path, meta: MetaConfig) -> None:
         if meta.properties.learned_rates:
             raise ConfigError("the peft loop has one learning rate; metasgd learns one per weight")
+        n_items = model.id_embedding.num_embeddings
+        if meta.support_negatives is not None and meta.support_negatives < n_items - 1:
+            raise ConfigError(
+                f"the peft loop adapts on the whole softmax; this run's meta.support_negatives "
+                f"({meta.support_negatives}) samples its {n_items:,} items, so the two would "
+                "adapt on different losses"
+            )
         self.meta = meta
         self.adapter_file = adapter_dir / "adapter_model.safetensors"
         self.model = copy.deepcopy(model)
