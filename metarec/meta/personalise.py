@@ -82,7 +82,9 @@ def support_loss_fn(
     estimated on ``negatives`` ((M,) items from `sample_negatives`, same ``unranked``);
     ``unranked``: (N,) bool items left out of the softmax (training's held-out items)."""
     n_items = model.id_embedding.num_embeddings
-    pool_size = n_items if unranked is None else n_items - int(unranked.sum())
+    pool_size = n_items  # the ranked items; counted only when sampling (a host sync)
+    if negatives is not None and unranked is not None:
+        pool_size -= int(unranked.sum())
 
     def support_loss(fast: FastWeights) -> torch.Tensor:
         with bind_fast_weights(model.lora_layers, fast):
