@@ -89,6 +89,9 @@ class TrainConfig:
     # afresh per step: those items are placed and scored by their text alone, so the text
     # path learns to rank items that have no id embedding yet (coldstart-items' new items).
     id_dropout: float = 0.0
+    # The fraction of each epoch's episodes whose support starts at a random position of the
+    # training history instead of its first item (`metarec.data.episodes.sample_episodes`)
+    random_start: float = 0.0
     epochs: int = 1
     # Caps every epoch at this many steps (0: no cap), to measure throughput on a big
     # dataset without training on all of it; epochs still report their full batch count.
@@ -115,6 +118,8 @@ class TrainConfig:
             )
         if not 0 <= self.id_dropout < 1:
             raise ConfigError(f"id_dropout {self.id_dropout}: expected a fraction in [0, 1)")
+        if not 0 <= self.random_start <= 1:
+            raise ConfigError(f"random_start {self.random_start}: expected a fraction in [0, 1]")
         if self.max_steps_per_epoch < 0:
             raise ConfigError(
                 f"max_steps_per_epoch {self.max_steps_per_epoch}: 0 (no cap) or a step count"

@@ -267,7 +267,11 @@ class MetaTrainRecipe:
             episodes = history_windows(self.split.train_sequences, config.model.max_len, self.rng)
         else:
             episodes = sample_episodes(
-                self.split.train_sequences, config.support_sizes, config.query_size, self.rng
+                self.split.train_sequences,
+                config.support_sizes,
+                config.query_size,
+                self.rng,
+                config.random_start,
             )
         # every step has users_per_batch users, so ranks always get equal shares
         n_batches = len(episodes) // config.users_per_batch

@@ -64,11 +64,15 @@ def sample_episodes(
     support_sizes: list[int],
     query_size: int,
     rng: np.random.Generator,
+    random_start: float = 0.0,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """One (support, query) episode per sequence long enough for a query, in shuffled order.
 
-    Support = first K items (K drawn from ``support_sizes``, capped so at least one query
-    item remains), query = the next ``query_size`` items.
+    Support = K items (K drawn from ``support_sizes``, capped so at least one query item
+    remains), query = the next ``query_size`` items. The support starts at the first item,
+    or, for a ``random_start`` fraction of the episodes, at a uniformly drawn position that
+    leaves a whole query after it (history augmentation: later stretches of a long history
+    become new users' episodes).
     """
     episodes = []
     for index in rng.permutation(len(sequences)):
@@ -76,7 +80,11 @@ def sample_episodes(
         size = min(int(rng.choice(support_sizes)), len(sequence) - 1)
         if size < 2:
             continue
-        episodes.append((sequence[:size], sequence[size : size + query_size]))
+        start = 0
+        if random_start > 0 and rng.random() < random_start:
+            start = int(rng.integers(0, max(1, len(sequence) - size - query_size + 1)))
+        end = start + size
+        episodes.append((sequence[start:end], sequence[end : end + query_size]))
     return episodes
 
 
