@@ -75,10 +75,11 @@ class TrainConfig:
     valid_users: int = 512  # validation after each epoch scores at most this many users
     users_per_batch: int = 16
     # Ordinary multi-user training (no inner loop) before meta-training. Its best epoch is
-    # saved as <output_dir>/pretrained (the llm-noadapt comparison) and starts meta-training.
+    # saved as <output_dir>/pretrained (the llm-noadapt comparison).
     pretrain_epochs: int = 0
-    # Meta-training continues from the pretrained weights and Adam state at outer_lr,
-    # usually smaller: a large step would undo what pretraining learned.
+    # Meta-training continues from the last ordinary epoch's weights and Adam state (not
+    # the best epoch's) at outer_lr, usually smaller: a large step would undo what
+    # pretraining learned.
     pretrain_lr: float | None = None  # default: outer_lr
     # What ordinary training learns from: "episodes" (each user's first-K support ranking
     # the next query items, one state per user, as meta-training does) or "next_item"
