@@ -22,6 +22,7 @@ from metarec.device import model_device, to_numpy
 from metarec.errors import ConfigError
 from metarec.meta.algorithms import MetaConfig
 from metarec.meta.losses import next_item_losses
+from metarec.meta.personalise import adaptation_negatives
 from metarec.models.user_model import UserModel
 
 
@@ -31,8 +32,8 @@ class PeftUserLoop:
     def __init__(self, model: UserModel, adapter_dir: Path, meta: MetaConfig) -> None:
         if meta.properties.learned_rates:
             raise ConfigError("the peft loop has one learning rate; metasgd learns one per weight")
-        n_items = model.id_embedding.num_embeddings
-        if meta.support_negatives is not None and meta.support_negatives < n_items - 1:
+        if adaptation_negatives(model, meta) is not None:
+            n_items = model.id_embedding.num_embeddings
             raise ConfigError(
                 f"the peft loop adapts on the whole softmax; this run's meta.support_negatives "
                 f"({meta.support_negatives}) samples its {n_items:,} items, so the two would "
