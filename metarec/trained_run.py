@@ -40,6 +40,7 @@ from metarec.data.splits import ProtocolConfig, Split, make_split
 from metarec.distributed.engine import DistributedConfig
 from metarec.errors import ConfigError, MetarecError
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates
+from metarec.meta.lr_schedule import LR_SCHEDULES
 from metarec.meta.recommender import LLMRecommender
 from metarec.models.user_model import UserModel, UserModelConfig
 
@@ -98,6 +99,10 @@ class TrainConfig:
     # dataset without training on all of it; epochs still report their full batch count.
     max_steps_per_epoch: int = 0
     outer_lr: float = 1e-3
+    # How each stage's learning rate moves over its steps: "constant", or "cosine" (from the
+    # stage's rate down to zero at its end, so its last epochs settle instead of jumping
+    # around; `metarec.meta.lr_schedule`)
+    lr_schedule: str = "constant"
     seed: int = 0
     output_dir: Path = Path("runs/meta")
     # A run dir (e.g. the llm-noadapt run) whose trained weights start this one, so
@@ -121,6 +126,10 @@ class TrainConfig:
             raise ConfigError(f"id_dropout {self.id_dropout}: expected a fraction in [0, 1)")
         if not 0 <= self.random_start <= 1:
             raise ConfigError(f"random_start {self.random_start}: expected a fraction in [0, 1]")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"lr_schedule {self.lr_schedule!r}: expected one of {LR_SCHEDULES}"
+            )
         if self.max_steps_per_epoch < 0:
             raise ConfigError(
                 f"max_steps_per_epoch {self.max_steps_per_epoch}: 0 (no cap) or a step count"

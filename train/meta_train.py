@@ -52,6 +52,7 @@ from metarec.distributed.engine import (
 from metarec.errors import ConfigError
 from metarec.eval.ranking import evaluate_cases
 from metarec.meta.algorithms import MetaConfig, MetaSGDRates
+from metarec.meta.lr_schedule import stage_lr
 from metarec.meta.meta_step import MetaStepModule
 from metarec.meta.personalise import episode_losses
 from metarec.meta.recommender import LLMRecommender
@@ -252,11 +253,13 @@ class MetaTrainRecipe:
             if not self.position["stage_started"]:
                 self.start_stage(index, stage, meta, saved_as)
             for epoch in range(self.position["epoch"], epochs):
-                self.run_epoch(stage, meta, epoch, saved_as)
+                self.run_epoch(stage, meta, epoch, epochs, saved_as)
             self.position = {"stage": index + 1, "epoch": 0, "batch": 0, "stage_started": False}
         return self.history
 
-    def run_epoch(self, stage: str, meta: MetaConfig, epoch: int, saved_as: TrainConfig) -> None:
+    def run_epoch(
+        self, stage: str, meta: MetaConfig, epoch: int, epochs: int, saved_as: TrainConfig
+    ) -> None:
         """One episode per training user, one meta step per batch of them, then validation."""
         config = self.config
         if self.epoch_rng_state is None:  # a fresh epoch (not one resumed halfway)
@@ -280,6 +283,10 @@ class MetaTrainRecipe:
         batches = range(self.position["batch"], last)
         desc = f"{stage} epoch {epoch + 1}"
         for batch_index in tqdm(batches, desc=desc, unit="step", disable=not self.is_main):
+            # every epoch of a stage has the same number of steps
+            lr = stage_lr(config.lr_schedule, saved_as.outer_lr, epoch * last + batch_index,
+                          epochs * last)  # fmt: skip
+            self.set_lr(lr)
             start = batch_index * config.users_per_batch
             self.epoch_losses.append(
                 self.meta_step(episodes[start : start + config.users_per_batch])
@@ -299,14 +306,18 @@ class MetaTrainRecipe:
         self.epoch_rng_state = None
 
     def start_stage(self, index: int, stage: str, meta: MetaConfig, saved_as: TrainConfig) -> None:
-        """Set the stage's learning rate; the meta stage first validates where it starts."""
-        for group in self.engine.param_groups():
-            group["lr"] = saved_as.outer_lr
+        """Start a stage's best-epoch race; the meta stage first validates where it starts."""
         self.best = -1.0
         if stage == "meta" and (index > 0 or self.config.init_from is not None):
             # the starting point competes with every epoch: meta-training must earn its keep
             self.end_epoch(stage, {"epoch": 0, **self.validate(self.split.valid, meta)}, saved_as)
         self.position.update(stage=index, stage_started=True)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.param_groups():
+            group["lr"] = lr
+        if self.writer is not None:
+            self.writer.add_scalar("train/lr", lr, self.step + 1)
 
     def meta_step(self, episodes: list[tuple[np.ndarray, np.ndarray]]) -> float:
         """One outer update from a global batch of users; returns the objective (all ranks)."""

@@ -1,0 +1,122 @@
+"""``lr_schedule``: the outer learning rate over each training stage, and its exact resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from metarec.cli import main as metarec_main
+from metarec.data.synthetic import synthetic_raw
+from metarec.errors import ConfigError
+from metarec.meta.lr_schedule import stage_lr
+from metarec.trained_run import TrainConfig
+
+PRETRAIN_LR, OUTER_LR = 0.01, 0.003
+
+
+def test_cosine_starts_at_the_base_rate_halves_midway_and_decays_towards_zero():
+    rates = [stage_lr("cosine", 0.5, step, 10) for step in range(10)]
+    assert rates[0] == 0.5
+    assert rates[5] == pytest.approx(0.25)
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:]))
+    # the last step still moves: a tenth of the way from the end of the half cosine
+    assert rates[-1] == pytest.approx(0.5 * (1 - math.cos(math.pi / 10)) / 2)
+    assert [stage_lr("constant", 0.5, step, 10) for step in range(10)] == [0.5] * 10
+
+
+def test_an_unknown_schedule_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"lr_schedule 'linear': expected one of"):
+        TrainConfig(lr_schedule="linear")
+
+
+@pytest.fixture(scope="module")
+def config_file(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lr_schedule")
+    synthetic_raw(n_users=50, n_items=60, seed=3).write_csv(folder)
+    config = {
+        "data": {
+            "dataset": "custom",
+            "interactions": str(folder / "interactions.csv"),
+            "items": str(folder / "items.csv"),
+            "cache_dir": str(folder / "cache"),
+        },
+        "model": {
+            "backbone": {"name": "tiny-llama"},
+            "lora": {"rank": 4, "alpha": 8.0},
+            "text_encoder": "none",
+            "id_dim": 16,
+            "item_dim": 16,
+        },
+        "meta": {"algorithm": "fomaml", "inner_steps": 2, "inner_lr": 0.5},
+        "support_sizes": [5, 10],
+        "users_per_batch": 8,
+        "pretrain_epochs": 2,
+        "pretrain_lr": PRETRAIN_LR,
+        "epochs": 2,
+        "outer_lr": OUTER_LR,
+        "lr_schedule": "cosine",
+        "state_every": 1,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def scalars(run_dir, tag: str) -> np.ndarray:
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    return np.array([event.value for event in events.Scalars(tag)])
+
+
+@pytest.fixture(scope="module")
+def whole_run(config_file, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("whole") / "run"
+    status = metarec_main(["train", "--config", str(config_file), "--output-dir", str(output_dir)])
+    assert status == 0
+    return output_dir
+
+
+def test_each_stage_decays_from_its_own_rate(whole_run):
+    """The rates every step used, read back from TensorBoard, against the closed form."""
+    rates = scalars(whole_run, "train/lr")
+    per_stage = len(rates) // 2  # two stages of two epochs of equal length
+    assert len(rates) == 2 * per_stage and per_stage >= 4
+    positions = np.arange(per_stage) / per_stage
+    for stage_rates, base in ((rates[:per_stage], PRETRAIN_LR), (rates[per_stage:], OUTER_LR)):
+        expected = base * (1 + np.cos(np.pi * positions)) / 2
+        np.testing.assert_allclose(stage_rates, expected, rtol=1e-6)
+
+
+def test_a_run_killed_mid_stage_resumes_onto_the_same_rates_and_weights(
+    config_file, whole_run, tmp_path
+):
+    """SIGKILL after the meta stage's second step, then --resume: the uninterrupted run's
+    objectives, rates and adapter."""
+    per_stage = len(scalars(whole_run, "train/lr")) // 2
+    output_dir = tmp_path / "cut"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run(
+        [sys.executable, "-m", "metarec", "train", "--config", str(config_file),
+         "--output-dir", str(output_dir), "--kill-at-step", f"0:{per_stage + 2}"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode != 0
+    status = metarec_main(
+        ["train", "--config", str(config_file), "--output-dir", str(output_dir), "--resume"]
+    )
+    assert status == 0
+    for tag in ("train/objective", "train/lr"):
+        np.testing.assert_allclose(scalars(output_dir, tag), scalars(whole_run, tag), rtol=1e-6)
+    adapter = "checkpoint/adapter/adapter_model.safetensors"
+    ours, theirs = load_file(str(output_dir / adapter)), load_file(str(whole_run / adapter))
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        np.testing.assert_allclose(ours[name].numpy(), theirs[name].numpy(), atol=1e-6)
