@@ -127,9 +127,7 @@ class TrainConfig:
         if not 0 <= self.random_start <= 1:
             raise ConfigError(f"random_start {self.random_start}: expected a fraction in [0, 1]")
         if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"lr_schedule {self.lr_schedule!r}: expected one of {LR_SCHEDULES}"
-            )
+            raise ConfigError(f"lr_schedule {self.lr_schedule!r}: expected one of {LR_SCHEDULES}")
         if self.max_steps_per_epoch < 0:
             raise ConfigError(
                 f"max_steps_per_epoch {self.max_steps_per_epoch}: 0 (no cap) or a step count"
