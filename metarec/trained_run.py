@@ -82,6 +82,7 @@ class TrainConfig:
     # the best epoch's) at outer_lr, usually smaller: a large step would undo what
     # pretraining learned.
     pretrain_lr: float | None = None  # default: outer_lr
+    pretrain_lr_schedule: str | None = None  # default: lr_schedule
     # What ordinary training learns from: "episodes" (each user's first-K support ranking
     # the next query items, one state per user, as meta-training does) or "next_item"
     # (next-item prediction at every position of consecutive windows of model.max_len items
@@ -99,9 +100,9 @@ class TrainConfig:
     # dataset without training on all of it; epochs still report their full batch count.
     max_steps_per_epoch: int = 0
     outer_lr: float = 1e-3
-    # How each stage's learning rate moves over its steps: "constant", or "cosine" (from the
+    # How the stage's learning rate moves over its steps: "constant", or "cosine" (from the
     # stage's rate down to zero at its end, so its last epochs settle instead of jumping
-    # around; `metarec.meta.lr_schedule`)
+    # around; `metarec.meta.lr_schedule`). pretrain_lr_schedule is the ordinary stage's.
     lr_schedule: str = "constant"
     seed: int = 0
     output_dir: Path = Path("runs/meta")
@@ -128,6 +129,11 @@ class TrainConfig:
             raise ConfigError(f"random_start {self.random_start}: expected a fraction in [0, 1]")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"lr_schedule {self.lr_schedule!r}: expected one of {LR_SCHEDULES}")
+        if self.pretrain_lr_schedule not in (None, *LR_SCHEDULES):
+            raise ConfigError(
+                f"pretrain_lr_schedule {self.pretrain_lr_schedule!r}: expected one of "
+                f"{LR_SCHEDULES} (or unset: lr_schedule's)"
+            )
         if self.max_steps_per_epoch < 0:
             raise ConfigError(
                 f"max_steps_per_epoch {self.max_steps_per_epoch}: 0 (no cap) or a step count"

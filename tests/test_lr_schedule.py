@@ -18,6 +18,7 @@ from metarec.data.synthetic import synthetic_raw
 from metarec.errors import ConfigError
 from metarec.meta.lr_schedule import stage_lr
 from metarec.trained_run import TrainConfig
+from train.meta_train import MetaTrainRecipe
 
 PRETRAIN_LR, OUTER_LR = 0.01, 0.003
 
@@ -33,8 +34,21 @@ def test_cosine_starts_at_the_base_rate_halves_midway_and_decays_towards_zero():
 
 
 def test_an_unknown_schedule_is_refused_by_name():
-    with pytest.raises(ConfigError, match=r"lr_schedule 'linear': expected one of"):
+    with pytest.raises(ConfigError, match=r"^lr_schedule 'linear': expected one of"):
         TrainConfig(lr_schedule="linear")
+    with pytest.raises(ConfigError, match=r"^pretrain_lr_schedule 'step': expected one of"):
+        TrainConfig(pretrain_lr_schedule="step")
+
+
+@pytest.mark.parametrize(
+    ("pretrain_schedule", "expected"), [(None, "cosine"), ("constant", "constant")]
+)
+def test_the_ordinary_stage_takes_lr_schedule_unless_given_its_own(pretrain_schedule, expected):
+    config = TrainConfig(
+        pretrain_epochs=2, lr_schedule="cosine", pretrain_lr_schedule=pretrain_schedule
+    )
+    (_, _, _, ordinary), (_, _, _, meta) = MetaTrainRecipe(config).plan()
+    assert (ordinary.lr_schedule, meta.lr_schedule) == (expected, "cosine")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +76,7 @@ def config_file(tmp_path_factory):
         "pretrain_lr": PRETRAIN_LR,
         "epochs": 2,
         "outer_lr": OUTER_LR,
-        "lr_schedule": "cosine",
+        "pretrain_lr_schedule": "cosine",
         "state_every": 1,
     }
     path = folder / "tiny.yaml"
@@ -84,28 +98,27 @@ def whole_run(config_file, tmp_path_factory):
     return output_dir
 
 
-def test_each_stage_decays_from_its_own_rate(whole_run):
+def test_the_ordinary_stage_decays_and_the_meta_stage_keeps_its_rate(whole_run):
     """The rates every step used, read back from TensorBoard, against the closed form."""
     rates = scalars(whole_run, "train/lr")
     per_stage = len(rates) // 2  # two stages of two epochs of equal length
     assert len(rates) == 2 * per_stage and per_stage >= 4
     positions = np.arange(per_stage) / per_stage
-    for stage_rates, base in ((rates[:per_stage], PRETRAIN_LR), (rates[per_stage:], OUTER_LR)):
-        expected = base * (1 + np.cos(np.pi * positions)) / 2
-        np.testing.assert_allclose(stage_rates, expected, rtol=1e-6)
+    cosine = PRETRAIN_LR * (1 + np.cos(np.pi * positions)) / 2
+    np.testing.assert_allclose(rates[:per_stage], cosine, rtol=1e-6)
+    np.testing.assert_allclose(rates[per_stage:], OUTER_LR, rtol=1e-6)
 
 
 def test_a_run_killed_mid_stage_resumes_onto_the_same_rates_and_weights(
     config_file, whole_run, tmp_path
 ):
-    """SIGKILL after the meta stage's second step, then --resume: the uninterrupted run's
-    objectives, rates and adapter."""
-    per_stage = len(scalars(whole_run, "train/lr")) // 2
+    """SIGKILL after the ordinary stage's third step, halfway down its cosine, then --resume:
+    the uninterrupted run's objectives, rates and adapter."""
     output_dir = tmp_path / "cut"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     killed = subprocess.run(
         [sys.executable, "-m", "metarec", "train", "--config", str(config_file),
-         "--output-dir", str(output_dir), "--kill-at-step", f"0:{per_stage + 2}"],
+         "--output-dir", str(output_dir), "--kill-at-step", "0:3"],
         env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert killed.returncode != 0

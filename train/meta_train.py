@@ -175,8 +175,10 @@ class MetaTrainRecipe:
                 meta=replace(config.meta, inner_steps=0),
                 epochs=config.pretrain_epochs,
                 outer_lr=config.pretrain_lr or config.outer_lr,
+                lr_schedule=config.pretrain_lr_schedule or config.lr_schedule,
                 pretrain_epochs=0,
                 pretrain_lr=None,
+                pretrain_lr_schedule=None,
                 output_dir=config.output_dir / "pretrained",
             )
             stages.append(("pretrain", pretrained.meta, config.pretrain_epochs, pretrained))
@@ -284,7 +286,7 @@ class MetaTrainRecipe:
         desc = f"{stage} epoch {epoch + 1}"
         for batch_index in tqdm(batches, desc=desc, unit="step", disable=not self.is_main):
             # every epoch of a stage has the same number of steps
-            lr = stage_lr(config.lr_schedule, saved_as.outer_lr, epoch * last + batch_index,
+            lr = stage_lr(saved_as.lr_schedule, saved_as.outer_lr, epoch * last + batch_index,
                           epochs * last)  # fmt: skip
             self.set_lr(lr)
             start = batch_index * config.users_per_batch
