@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from metarec.data.prepare import DataConfig
 from metarec.data.preprocess import PreprocessOptions, preprocess
@@ -37,15 +38,44 @@ def tiny_user_model() -> UserModelConfig:
     )
 
 
-def synthetic_files(folder: Path, n_users: int, seed: int) -> DataConfig:
+def synthetic_files(folder: Path, n_users: int, seed: int, n_items: int = 120) -> DataConfig:
     """Write a synthetic dataset's CSVs into ``folder``; the `DataConfig` that reads them."""
-    synthetic_raw(n_users=n_users, seed=seed).write_csv(folder)
+    synthetic_raw(n_users=n_users, n_items=n_items, seed=seed).write_csv(folder)
     return DataConfig(
         dataset="custom",
         interactions=folder / "interactions.csv",
         items=folder / "items.csv",
         cache_dir=folder / "cache",
     )
+
+
+def tiny_config_file(folder: Path, data: DataConfig, **overrides) -> Path:
+    """``folder/tiny.yaml``: the tiny model trained with fomaml on ``data`` (two epochs of
+    8 users per step), for tests that launch `metarec` itself; ``overrides`` replace keys."""
+    config = {
+        "data": {
+            "dataset": data.dataset,
+            "interactions": str(data.interactions),
+            "items": str(data.items),
+            "cache_dir": str(data.cache_dir),
+        },
+        "model": {
+            "backbone": {"name": "tiny-llama"},
+            "lora": {"rank": 4, "alpha": 8.0},
+            "text_encoder": "none",
+            "id_dim": 16,
+            "item_dim": 16,
+        },
+        "meta": {"algorithm": "fomaml", "inner_steps": 2, "inner_lr": 0.5},
+        "support_sizes": [5, 10],
+        "users_per_batch": 8,
+        "epochs": 2,
+        "outer_lr": 0.003,
+        **overrides,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def train_tiny_run(folder: Path, data: DataConfig, support_sizes=(5, 10)) -> TrainConfig:

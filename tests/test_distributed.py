@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import synthetic_files, tiny_config_file
 from peft import PeftModel
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarec.cli import main as metarec_main
 from metarec.config import from_mapping
-from metarec.data.synthetic import synthetic_raw
 from metarec.distributed.engine import DistributedConfig, LocalEngine
 from metarec.distributed.state import first_blind_rank, require_shared_output_dir
 from metarec.models.backbone import BackboneConfig, load_backbone
@@ -45,31 +45,7 @@ needs_deepspeed = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
-    raw = synthetic_raw(n_users=50, n_items=60, seed=3)
-    raw.write_csv(folder)
-    config = {
-        "data": {
-            "dataset": "custom",
-            "interactions": str(folder / "interactions.csv"),
-            "items": str(folder / "items.csv"),
-            "cache_dir": str(folder / "cache"),
-        },
-        "model": {
-            "backbone": {"name": "tiny-llama"},
-            "lora": {"rank": 4, "alpha": 8.0},
-            "text_encoder": "none",
-            "id_dim": 16,
-            "item_dim": 16,
-        },
-        "meta": {"algorithm": "fomaml", "inner_steps": 2, "inner_lr": 0.5},
-        "support_sizes": [5, 10],
-        "users_per_batch": 8,
-        "epochs": 2,
-        "outer_lr": 0.003,
-    }
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    return tiny_config_file(folder, synthetic_files(folder, n_users=50, seed=3, n_items=60))
 
 
 ENV = {

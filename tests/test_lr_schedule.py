@@ -9,12 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-import yaml
+from conftest import synthetic_files, tiny_config_file
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarec.cli import main as metarec_main
-from metarec.data.synthetic import synthetic_raw
 from metarec.errors import ConfigError
 from metarec.meta.lr_schedule import stage_lr
 from metarec.trained_run import TrainConfig
@@ -54,34 +53,16 @@ def test_the_ordinary_stage_takes_lr_schedule_unless_given_its_own(pretrain_sche
 @pytest.fixture(scope="module")
 def config_file(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lr_schedule")
-    synthetic_raw(n_users=50, n_items=60, seed=3).write_csv(folder)
-    config = {
-        "data": {
-            "dataset": "custom",
-            "interactions": str(folder / "interactions.csv"),
-            "items": str(folder / "items.csv"),
-            "cache_dir": str(folder / "cache"),
-        },
-        "model": {
-            "backbone": {"name": "tiny-llama"},
-            "lora": {"rank": 4, "alpha": 8.0},
-            "text_encoder": "none",
-            "id_dim": 16,
-            "item_dim": 16,
-        },
-        "meta": {"algorithm": "fomaml", "inner_steps": 2, "inner_lr": 0.5},
-        "support_sizes": [5, 10],
-        "users_per_batch": 8,
-        "pretrain_epochs": 2,
-        "pretrain_lr": PRETRAIN_LR,
-        "epochs": 2,
-        "outer_lr": OUTER_LR,
-        "pretrain_lr_schedule": "cosine",
-        "state_every": 1,
-    }
-    path = folder / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    data = synthetic_files(folder, n_users=50, seed=3, n_items=60)
+    return tiny_config_file(
+        folder,
+        data,
+        pretrain_epochs=2,
+        pretrain_lr=PRETRAIN_LR,
+        outer_lr=OUTER_LR,
+        pretrain_lr_schedule="cosine",
+        state_every=1,
+    )
 
 
 def scalars(run_dir, tag: str) -> np.ndarray:

@@ -2,19 +2,17 @@
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from matplotlib.image import imread
 
 pytest.importorskip("faiss", reason='needs FAISS: pip install -e ".[cpu]" (or ".[gpu]")')
 
+from conftest import synthetic_files, tiny_config_file
+
 from metarec.cli import main
-from metarec.data.prepare import DataConfig
-from metarec.data.synthetic import synthetic_raw
 from metarec.meta.explain import explain
 from metarec.trained_run import TrainedRun
 
@@ -25,34 +23,14 @@ STEPS = ["data check", "item encoding", "meta-training", "FAISS index", "evaluat
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pipeline")
-    raw = synthetic_raw(n_users=120, seed=4)
-    raw.write_csv(folder)
-    data = {"dataset": "custom", "interactions": str(folder / "interactions.csv"),
-            "items": str(folder / "items.csv"), "cache_dir": str(folder / "cache")}  # fmt: skip
-    config = {
-        "data": data,
-        "model": {
-            "backbone": {"name": "tiny-llama"},
-            "lora": {"rank": 4, "alpha": 8.0},
-            "text_encoder": "none",
-            "id_dim": 16,
-            "item_dim": 16,
-        },  # fmt: skip
-        "meta": {"algorithm": "fomaml", "inner_steps": 2, "inner_lr": 0.5},
-        "support_sizes": [5, 10],
-        "users_per_batch": 16,
-        "pretrain_epochs": 1,
-        "epochs": 1,
-        "outer_lr": 0.003,
-    }
-    (folder / "tiny.yaml").write_text(yaml.safe_dump(config))
+    data = synthetic_files(folder, n_users=120, seed=4)
+    config_file = tiny_config_file(folder, data, users_per_batch=16, pretrain_epochs=1, epochs=1)
     run_dir = folder / "run"
-    status = main(["pipeline", "--config", str(folder / "tiny.yaml"), "--run-dir", str(run_dir),
+    status = main(["pipeline", "--config", str(config_file), "--run-dir", str(run_dir),
                    "--supports", "5,10", "--baselines", "pop,itemknn",
                    "--bootstrap-resamples", "100"])  # fmt: skip
     assert status == 0
-    paths = {key: Path(value) for key, value in data.items() if key != "dataset"}
-    return run_dir, DataConfig(dataset="custom", **paths)
+    return run_dir, data
 
 
 def test_report_shows_the_evaluated_numbers_and_figures(pipeline_run):
