@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/metarec pipeline --config configs/quick.yaml --run-dir runs/demo
+	$(VENV)/bin/metarec pipeline --config configs/ml100k_smollm2.yaml --run-dir runs/demo
 
 test: setup
 	$(PY) -m pytest -q
