@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from metarec.data.episodes import EpisodeBatch
+from metarec.distributed.engine import leave_process_group
 from metarec.errors import ConfigError
 from metarec.meta.algorithms import MetaConfig
 from metarec.meta.inner_loop import LossFn
@@ -131,14 +132,16 @@ class DistillRecipe(MetaTrainRecipe):
                     copied += 1
         return copied
 
-    def run_epoch(self, stage: str, meta: MetaConfig, epoch: int, saved_as: TrainConfig) -> None:
+    def run_epoch(
+        self, stage: str, meta: MetaConfig, epoch: int, epochs: int, saved_as: TrainConfig
+    ) -> None:
         if stage == "distill":
             self.step_module.query_loss = distillation_loss(
                 self.teacher, self.distill.temperature, self.distill.weight
             )
         else:
             self.step_module.query_loss = query_loss_fn
-        super().run_epoch(stage, meta, epoch, saved_as)
+        super().run_epoch(stage, meta, epoch, epochs, saved_as)
 
 
 def distill(config: DistillConfig) -> list[dict]:
@@ -166,4 +169,5 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> DistillConfi
 def run(config: DistillConfig) -> None:
     check_writable(config.train.output_dir / "config.json")
     history = distill(config)
+    leave_process_group()
     print(json.dumps(history[-1], indent=2))
