@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarec.data.prepare import DataConfig
 from metarec.data.preprocess import PreprocessOptions, preprocess
@@ -99,6 +101,15 @@ def train_tiny_run(folder: Path, data: DataConfig, support_sizes=(5, 10)) -> Tra
         IndexBuildConfig(folder / "index", IndexConfig("flat"), folder / "run", data)
     )
     return config
+
+
+def tensorboard_scalars(run_dir: Path, tag: str) -> np.ndarray:
+    """A run's TensorBoard values of ``tag`` in step order. A resumed run writes a second
+    event file, and event files load in name order: second-resolution time, then the pid,
+    which need not grow."""
+    events = EventAccumulator(str(run_dir / "tensorboard"), purge_orphaned_data=False)
+    events.Reload()
+    return np.array([event.value for event in sorted(events.Scalars(tag), key=lambda e: e.step)])
 
 
 def losses_and_gradients(model, loss_fn, n_users: int):

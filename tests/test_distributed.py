@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import synthetic_files, tiny_config_file
+from conftest import synthetic_files, tensorboard_scalars, tiny_config_file
 from peft import PeftModel
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarec.cli import main as metarec_main
 from metarec.config import from_mapping
@@ -95,9 +94,7 @@ def _free_port() -> int:
 
 
 def step_objectives(run_dir: Path) -> np.ndarray:
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    return np.array([event.value for event in events.Scalars("train/objective")])
+    return tensorboard_scalars(run_dir, "train/objective")
 
 
 def adapter(run_dir: Path) -> dict[str, torch.Tensor]:

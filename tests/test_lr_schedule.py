@@ -9,9 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import synthetic_files, tiny_config_file
+from conftest import synthetic_files, tensorboard_scalars, tiny_config_file
 from safetensors.torch import load_file
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarec.cli import main as metarec_main
 from metarec.errors import ConfigError
@@ -65,12 +64,6 @@ def config_file(tmp_path_factory):
     )
 
 
-def scalars(run_dir, tag: str) -> np.ndarray:
-    events = EventAccumulator(str(run_dir / "tensorboard"))
-    events.Reload()
-    return np.array([event.value for event in events.Scalars(tag)])
-
-
 @pytest.fixture(scope="module")
 def whole_run(config_file, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("whole") / "run"
@@ -81,7 +74,7 @@ def whole_run(config_file, tmp_path_factory):
 
 def test_the_ordinary_stage_decays_and_the_meta_stage_keeps_its_rate(whole_run):
     """The rates every step used, read back from TensorBoard, against the closed form."""
-    rates = scalars(whole_run, "train/lr")
+    rates = tensorboard_scalars(whole_run, "train/lr")
     per_stage = len(rates) // 2  # two stages of two epochs of equal length
     assert len(rates) == 2 * per_stage and per_stage >= 4
     positions = np.arange(per_stage) / per_stage
@@ -108,7 +101,9 @@ def test_a_run_killed_mid_stage_resumes_onto_the_same_rates_and_weights(
     )
     assert status == 0
     for tag in ("train/objective", "train/lr"):
-        np.testing.assert_allclose(scalars(output_dir, tag), scalars(whole_run, tag), rtol=1e-6)
+        np.testing.assert_allclose(
+            tensorboard_scalars(output_dir, tag), tensorboard_scalars(whole_run, tag), rtol=1e-6
+        )
     adapter = "checkpoint/adapter/adapter_model.safetensors"
     ours, theirs = load_file(str(output_dir / adapter)), load_file(str(whole_run / adapter))
     assert ours.keys() == theirs.keys()

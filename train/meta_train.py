@@ -46,6 +46,7 @@ from metarec.distributed.engine import (
     all_reduce_sums,
     build_engine,
     init_process_group,
+    leave_process_group,
     rank_micro_batches,
     refuse_unsupported,
 )
@@ -498,5 +499,6 @@ def config_from_args(args: argparse.Namespace, env: Environment) -> TrainCommand
 def run(config: TrainCommandConfig) -> None:
     check_writable(config.train.output_dir / "config.json")
     history = train(config.train, config.resume, config.launched_world_size, config.kill_at_step)
+    leave_process_group()
     if config.rank == 0:
         print(json.dumps(history[-1], indent=2))

@@ -140,6 +140,15 @@ def init_process_group(config: DistributedConfig, launched_world_size: int) -> N
         dist.init_process_group(backend=backend)
 
 
+def leave_process_group() -> None:
+    """Leave the launcher's process group, if this process joined one, once every rank is
+    there. A gloo group left to the interpreter's exit can abort a rank ("terminate called
+    without an active exception") after the job's work is done and saved."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class LocalEngine:
     """Adam on every rank's full copy; gradients averaged across ranks before each step."""
 
