@@ -132,16 +132,14 @@ class DistillRecipe(MetaTrainRecipe):
                     copied += 1
         return copied
 
-    def run_epoch(
-        self, stage: str, meta: MetaConfig, epoch: int, epochs: int, saved_as: TrainConfig
-    ) -> None:
+    def run_epoch(self, stage: str, meta: MetaConfig, epoch: int, saved_as: TrainConfig) -> None:
         if stage == "distill":
             self.step_module.query_loss = distillation_loss(
                 self.teacher, self.distill.temperature, self.distill.weight
             )
         else:
             self.step_module.query_loss = query_loss_fn
-        super().run_epoch(stage, meta, epoch, epochs, saved_as)
+        super().run_epoch(stage, meta, epoch, saved_as)
 
 
 def distill(config: DistillConfig) -> list[dict]:

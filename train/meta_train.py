@@ -256,13 +256,11 @@ class MetaTrainRecipe:
             if not self.position["stage_started"]:
                 self.start_stage(index, stage, meta, saved_as)
             for epoch in range(self.position["epoch"], epochs):
-                self.run_epoch(stage, meta, epoch, epochs, saved_as)
+                self.run_epoch(stage, meta, epoch, saved_as)
             self.position = {"stage": index + 1, "epoch": 0, "batch": 0, "stage_started": False}
         return self.history
 
-    def run_epoch(
-        self, stage: str, meta: MetaConfig, epoch: int, epochs: int, saved_as: TrainConfig
-    ) -> None:
+    def run_epoch(self, stage: str, meta: MetaConfig, epoch: int, saved_as: TrainConfig) -> None:
         """One episode per training user, one meta step per batch of them, then validation."""
         config = self.config
         if self.epoch_rng_state is None:  # a fresh epoch (not one resumed halfway)
@@ -286,9 +284,9 @@ class MetaTrainRecipe:
         batches = range(self.position["batch"], last)
         desc = f"{stage} epoch {epoch + 1}"
         for batch_index in tqdm(batches, desc=desc, unit="step", disable=not self.is_main):
-            # every epoch of a stage has the same number of steps
+            # every epoch of a stage has the same number of steps; saved_as is the stage's config
             lr = stage_lr(saved_as.lr_schedule, saved_as.outer_lr, epoch * last + batch_index,
-                          epochs * last)  # fmt: skip
+                          saved_as.epochs * last)  # fmt: skip
             self.set_lr(lr)
             start = batch_index * config.users_per_batch
             self.epoch_losses.append(
