@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarec.data.prepare import DataConfig
@@ -110,6 +112,18 @@ def tensorboard_scalars(run_dir: Path, tag: str) -> np.ndarray:
     events = EventAccumulator(str(run_dir / "tensorboard"), purge_orphaned_data=False)
     events.Reload()
     return np.array([event.value for event in sorted(events.Scalars(tag), key=lambda e: e.step)])
+
+
+def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
+    """A run's saved peft adapter tensors."""
+    return load_file(str(run_dir / "checkpoint" / "adapter" / "adapter_model.safetensors"))
+
+
+def assert_same_adapter(left: Path, right: Path, atol: float) -> None:
+    ours, theirs = adapter(left), adapter(right)
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=atol)
 
 
 def losses_and_gradients(model, loss_fn, n_users: int):

@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import synthetic_files, tensorboard_scalars, tiny_config_file
+from conftest import (
+    adapter,
+    assert_same_adapter,
+    synthetic_files,
+    tensorboard_scalars,
+    tiny_config_file,
+)
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -95,17 +101,6 @@ def _free_port() -> int:
 
 def step_objectives(run_dir: Path) -> np.ndarray:
     return tensorboard_scalars(run_dir, "train/objective")
-
-
-def adapter(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run_dir / "checkpoint" / "adapter" / "adapter_model.safetensors"))
-
-
-def assert_same_adapter(left: Path, right: Path, atol: float) -> None:
-    ours, theirs = adapter(left), adapter(right)
-    assert ours.keys() == theirs.keys()
-    for name in ours:
-        torch.testing.assert_close(ours[name], theirs[name], rtol=0, atol=atol)
 
 
 @pytest.fixture(scope="module")

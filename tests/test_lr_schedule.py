@@ -9,8 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import synthetic_files, tensorboard_scalars, tiny_config_file
-from safetensors.torch import load_file
+from conftest import assert_same_adapter, synthetic_files, tensorboard_scalars, tiny_config_file
 
 from metarec.cli import main as metarec_main
 from metarec.errors import ConfigError
@@ -104,8 +103,4 @@ def test_a_run_killed_mid_stage_resumes_onto_the_same_rates_and_weights(
         np.testing.assert_allclose(
             tensorboard_scalars(output_dir, tag), tensorboard_scalars(whole_run, tag), rtol=1e-6
         )
-    adapter = "checkpoint/adapter/adapter_model.safetensors"
-    ours, theirs = load_file(str(output_dir / adapter)), load_file(str(whole_run / adapter))
-    assert ours.keys() == theirs.keys()
-    for name in ours:
-        np.testing.assert_allclose(ours[name].numpy(), theirs[name].numpy(), atol=1e-6)
+    assert_same_adapter(whole_run, output_dir, atol=1e-6)
