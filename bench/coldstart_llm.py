@@ -11,6 +11,14 @@ over the seeds of each seed's mean (and each seed's figure); below it, meta-lora
 best other method: their ratio and a paired bootstrap 95% CI of meta-lora − best other, over
 the (seed, test user) pairs pooled across seeds.
 
+``--baseline-seeds 0,1,2`` fits each stochastic baseline (one with a ``seed`` in the
+baselines YAML: SASRec) once per training seed on every split seed. Its per-user figure is
+then the mean over those fits, so the table and the paired CI compare meta-lora with the
+baseline's expected score, not with one lucky or unlucky fit; a second table gives each
+training seed's mean over the split seeds and their mean ± sd. The fits other than the
+YAML's own seed are written beside the baselines (``baselines_s<K>_train<T>.parquet``, from
+``baselines_train<T>.yaml``: the YAML with the seed changed).
+
 The baselines and the LLM methods are evaluated separately, and results already there are
 reused (the command continues where it stopped): a seed's baseline results in
 ``--baselines-dir`` (``seed<S>/baselines_s<K>.parquet`` holding every asked-for method), so
@@ -32,10 +40,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from metarec.cli import main as metarec
+from metarec.config import load_yaml
 from metarec.eval.metrics import bootstrap_ci
 from metarec.eval.report import comparison_table
+from metarec.options import REPO_CONFIGS
 
 LLM_METHODS = ["llm-noadapt", "llm-finetune", "meta-lora"]
 METRIC = "ndcg@10"
@@ -58,6 +69,53 @@ def evaluated(per_user_file: Path, methods: list[str]) -> bool:
 def seed_means(per_user: pd.DataFrame) -> pd.DataFrame:
     """(method × seed) mean ndcg@10 of per-user rows with columns method, seed, user_id."""
     return per_user.pivot_table(index="method", columns="seed", values=METRIC, aggfunc="mean")
+
+
+def stochastic_seeds(baselines_config: dict, names: list[str]) -> dict[str, int]:
+    """The training seed of each of ``names`` that has one in the baselines YAML."""
+    return {
+        name: int(baselines_config[name]["seed"])
+        for name in names
+        if "seed" in (baselines_config.get(name) or {})
+    }
+
+
+def mean_over_fits(per_user: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, seed, user_id): each metric's mean over the method's fits.
+
+    ``per_user`` has a ``fit`` column (the training seed) and may hold several fits of a
+    method on the same users; a method fitted once keeps its own figures.
+    """
+    keys = ["method", "seed", "user_id"]
+    return per_user.drop(columns="fit").groupby(keys, as_index=False).mean(numeric_only=True)
+
+
+def training_seed_summary(per_user: pd.DataFrame, methods: list[str]) -> dict[str, dict]:
+    """Per method: each training seed's mean over the split seeds (of each split's mean over
+    its users), and the mean and sd of those. ``per_user`` as `mean_over_fits` takes it."""
+    summary = {}
+    for method in methods:
+        rows = per_user[per_user.method == method]
+        per_fit = rows.groupby(["fit", "seed"])[METRIC].mean().groupby(level="fit").mean()
+        summary[method] = {
+            "per_training_seed": {int(fit): float(value) for fit, value in per_fit.items()},
+            "mean": float(per_fit.mean()),
+            "sd": float(per_fit.std(ddof=1)) if len(per_fit) > 1 else 0.0,
+        }
+    return summary
+
+
+def training_seeds_table(summaries: dict[str, dict[str, dict]]) -> str:
+    """Markdown of `training_seed_summary` per support size."""
+    lines = ["| method | support | per training seed (mean over split seeds) | mean ± sd |",
+             "|---|---|---|---|"]  # fmt: skip
+    for support, summary in summaries.items():
+        for method, found in summary.items():
+            seeds = " / ".join(f"{s}: {v:.4f}" for s, v in found["per_training_seed"].items())
+            lines.append(
+                f"| {method} | {support} | {seeds} | {found['mean']:.4f} ± {found['sd']:.4f} |"
+            )
+    return "\n".join(lines)
 
 
 def paired_comparison(per_user: pd.DataFrame, methods: list[str], resamples: int) -> dict:
@@ -117,6 +175,12 @@ def main() -> None:
     parser.add_argument("--baselines", default="pop,itemknn,ease,sasrec")
     parser.add_argument("--baselines-config", help="baselines YAML, e.g. tune-baselines output")
     parser.add_argument(
+        "--baseline-seeds",
+        default="",
+        help="training seeds of the stochastic baselines (SASRec), e.g. 0,1,2: a fit per seed, "
+        "their per-user mean in the tables; the YAML's own seed is always one (default: it alone)",
+    )
+    parser.add_argument(
         "--baselines-dir",
         type=Path,
         help="where the baselines' per-seed results are (reused when there; default --run-dir): "
@@ -141,6 +205,17 @@ def main() -> None:
     overrides = [flag for assignment in args.set for flag in ("--set", assignment)]
     tuned = args.baselines_config
     baselines_config = ["--baselines-config", tuned] if tuned else []
+    baselines_yaml = load_yaml(Path(tuned) if tuned else REPO_CONFIGS / "baselines.yaml")
+    own_seeds = stochastic_seeds(baselines_yaml, baselines)
+    refits = {}  # training seed -> (its stochastic baselines, its baselines YAML)
+    for fit in [int(seed) for seed in args.baseline_seeds.split(",") if seed]:
+        names = [name for name, own in own_seeds.items() if own != fit]
+        if names:
+            changed = {**baselines_yaml, **{n: {**baselines_yaml[n], "seed": fit} for n in names}}
+            path = (args.baselines_dir or args.run_dir) / f"baselines_train{fit}.yaml"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(changed, sort_keys=False))
+            refits[fit] = (names, ["--baselines-config", str(path)])
     seconds: dict[str, float] = {}
     results: dict[str, dict] = {}
     protocols = args.protocols.split(",")
@@ -156,26 +231,32 @@ def main() -> None:
                   seed, "--output-dir", str(run), *overrides], seconds)  # fmt: skip
         for support in supports:
             protocol = ["--protocol", "coldstart", "--support-size", support, "--split-seed", seed]
+            baselines_folder = (args.baselines_dir or args.run_dir) / f"seed{seed}"
             parts = {
-                "baselines": (baselines, (args.baselines_dir or args.run_dir) / f"seed{seed}",
-                              baselines_config),
-                "llm": (LLM_METHODS if args.llm else [], seed_dir, ["--checkpoint", str(run)]),
+                f"baselines_s{support}": (baselines, baselines_folder, baselines_config),
+                **{f"baselines_s{support}_train{fit}": (names, baselines_folder, options)
+                   for fit, (names, options) in refits.items()},
+                f"llm_s{support}": (LLM_METHODS if args.llm else [], seed_dir,
+                                    ["--checkpoint", str(run)]),
             }  # fmt: skip
             for part, (names, folder, options) in parts.items():
-                output = folder / f"{part}_s{support}.json"
-                users = folder / f"{part}_s{support}.parquet"
+                output = folder / f"{part}.json"
+                users = folder / f"{part}.parquet"
                 if names and not evaluated(users, names):
                     timed(f"seed {seed}: evaluate {part} support {support}", ["evaluate",
                           *protocol, "--methods", ",".join(names), "--output", str(output),
                           "--per-user-output", str(users), *options], seconds)  # fmt: skip
                 if names:
-                    results[f"seed_{seed}_support_{support}_{part}"] = json.loads(
-                        output.read_text()
-                    )
-                    per_user[f"support {support}"].append(
-                        pd.read_parquet(users).assign(seed=int(seed))
-                    )
-    pooled = {name: pd.concat(frames) for name, frames in per_user.items() if frames}
+                    results[f"seed_{seed}_{part}"] = json.loads(output.read_text())
+                    frame = pd.read_parquet(users).assign(seed=int(seed))
+                    fit = part.partition("_train")[2]
+                    frame["fit"] = int(fit) if fit else frame["method"].map(own_seeds)
+                    per_user[f"support {support}"].append(frame)
+    fits = {name: pd.concat(frames) for name, frames in per_user.items() if frames}
+    pooled = {name: mean_over_fits(frame) for name, frame in fits.items()}
+    training_seeds = {
+        name: training_seed_summary(frame, list(own_seeds)) for name, frame in fits.items()
+    }
     comparisons = {
         name: paired_comparison(frame, methods, args.bootstrap_resamples)
         for name, frame in pooled.items()
@@ -187,6 +268,9 @@ def main() -> None:
     if comparisons:
         print()
         print(comparisons_table(comparisons))
+    if refits and pooled:
+        print()
+        print(training_seeds_table(training_seeds))
     if "sampled" in protocols:
         loo_run = args.run_dir / "loo"
         loo_overrides = [f for a in args.sampled_set for f in ("--set", a)]
@@ -209,7 +293,12 @@ def main() -> None:
     print(f"| total | {sum(seconds.values()):.0f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        summary = {"results": results, "comparisons": comparisons, "seconds": seconds}
+        summary = {
+            "results": results,
+            "comparisons": comparisons,
+            "training_seeds": training_seeds,
+            "seconds": seconds,
+        }
         args.json.write_text(json.dumps(summary, indent=2))
 
 
