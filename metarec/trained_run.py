@@ -72,6 +72,10 @@ class TrainConfig:
     split_seed: int = 0
     support_sizes: list[int] = field(default_factory=lambda: [5, 10, 20])
     query_size: int = 10
+    # Training episodes' query length (default: query_size, which validation and the
+    # protocol's test users keep). Every query item is scored from the one state after the
+    # support, so a longer query gives each episode more targets at no extra forward pass.
+    train_query_size: int | None = None
     valid_support_size: int = 10
     valid_users: int = 512  # validation after each epoch scores at most this many users
     users_per_batch: int = 16
@@ -133,6 +137,10 @@ class TrainConfig:
             raise ConfigError(
                 f"pretrain_lr_schedule {self.pretrain_lr_schedule!r}: expected one of "
                 f"{LR_SCHEDULES} (or unset: lr_schedule's)"
+            )
+        if self.train_query_size is not None and self.train_query_size < 1:
+            raise ConfigError(
+                f"train_query_size {self.train_query_size}: at least 1 (or unset: query_size)"
             )
         if self.max_steps_per_epoch < 0:
             raise ConfigError(

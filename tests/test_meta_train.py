@@ -207,3 +207,37 @@ def test_capped_epochs_take_the_cap_and_report_the_full_batch_count(data_config,
     batches = full.history[0]["batches_in_epoch"]
     assert batches > 2 and capped.history[0]["batches_in_epoch"] == batches
     assert (full.step, capped.step) == (2 * batches, 4)
+
+
+@pytest.mark.parametrize("train_query_size", [None, 25])
+def test_training_episodes_query_train_query_size_items(
+    data_config, tmp_path, monkeypatch, train_query_size
+):
+    config = tiny_config(data_config, tmp_path / "run")
+    config.epochs, config.train_query_size = 1, train_query_size
+    stepped = []
+    meta_step = MetaTrainRecipe.meta_step
+
+    def recording(recipe, episodes):
+        stepped.extend(episodes)
+        return meta_step(recipe, episodes)
+
+    monkeypatch.setattr(MetaTrainRecipe, "meta_step", recording)
+    recipe = trained(config)
+    wanted = train_query_size or config.query_size
+    longest = 0
+    for support, query in stepped:
+        # the query is the wanted number of items right after the support, or the rest
+        starts = [
+            s for s in recipe.split.train_sequences if np.array_equal(s[: len(support)], support)
+        ]
+        assert any(np.array_equal(s[len(support) : len(support) + wanted], query) for s in starts)
+        longest = max(longest, len(query))
+    assert longest == wanted
+    # validation keeps the protocol's query
+    assert max(len(case.relevant) for case in recipe.split.valid) == config.query_size
+
+
+def test_an_empty_training_query_is_refused():
+    with pytest.raises(ConfigError, match="train_query_size 0"):
+        TrainConfig(train_query_size=0)

@@ -273,7 +273,7 @@ class MetaTrainRecipe:
             episodes = sample_episodes(
                 self.split.train_sequences,
                 config.support_sizes,
-                config.query_size,
+                config.train_query_size or config.query_size,
                 self.rng,
                 config.random_start,
             )
