@@ -234,7 +234,7 @@ class TrainedRun:
         ).to(config.distributed.device)
         rates = None  # built after the move: the rates live beside the LoRA weights
         if config.meta.properties.learned_rates:
-            rates = MetaSGDRates(model.lora_layers, config.meta.inner_lr)
+            rates = MetaSGDRates(model.fast_layers, config.meta.inner_lr)
         load_trained_weights(model, rates, self.checkpoint, self.weights)
         return model.eval(), rates
 

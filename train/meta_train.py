@@ -108,7 +108,7 @@ class MetaTrainRecipe:
         unranked = self.hold_out_items()
         self.rates = None  # built after the move: the rates live beside the LoRA weights
         if config.meta.properties.learned_rates:
-            self.rates = MetaSGDRates(self.model.lora_layers, config.meta.inner_lr)
+            self.rates = MetaSGDRates(self.model.fast_layers, config.meta.inner_lr)
         if config.init_from is not None:
             self.load_initial_weights(config.init_from)
         self.stages = self.plan()

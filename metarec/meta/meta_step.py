@@ -66,7 +66,7 @@ class MetaStepModule(nn.Module):
     def directly_read_parameters(self) -> list[nn.Parameter]:
         """Parameters used outside their own module's forward (ZeRO-3 must gather them)."""
         params = [self.model.id_embedding.weight]
-        for layer in self.model.lora_layers.values():
+        for layer in self.model.fast_layers.values():
             params += [layer.lora_A.weight, layer.lora_B.weight]
         if self.rates is not None:
             params += list(self.rates.parameters())
@@ -77,7 +77,7 @@ class MetaStepModule(nn.Module):
     ) -> torch.Tensor:
         """Mean meta objective over the batch (see `metarec.meta.algorithms`)."""
         batch = EpisodeBatch(support, support_lengths, query)
-        start = initial_fast_weights(self.model.lora_layers, len(support))
+        start = initial_fast_weights(self.model.fast_layers, len(support))
         n_items = self.model.id_embedding.num_embeddings
         # fresh for every step, from torch's generator (in the checkpoint: resume is exact)
         negatives = sample_negatives(n_items, self.meta.support_negatives, self.unranked)

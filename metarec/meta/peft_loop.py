@@ -32,6 +32,11 @@ class PeftUserLoop:
     def __init__(self, model: UserModel, adapter_dir: Path, meta: MetaConfig) -> None:
         if meta.properties.learned_rates:
             raise ConfigError("the peft loop has one learning rate; metasgd learns one per weight")
+        if model.config.lora.fast_layers is not None:
+            raise ConfigError(
+                f"the peft loop adapts every adapter; this model's lora.fast_layers "
+                f"({model.config.lora.fast_layers}) adapts some only"
+            )
         if adaptation_negatives(model, meta) is not None:
             n_items = model.id_embedding.num_embeddings
             raise ConfigError(
@@ -45,7 +50,7 @@ class PeftUserLoop:
         for name, layer in self.model.lora_layers.items():
             parent_name, _, child = name.rpartition(".")
             setattr(self.model.backbone.get_submodule(parent_name), child, layer.base)
-        self.model.lora_layers = {}
+        self.model.lora_layers = self.model.fast_layers = {}
         # peft injects its layers into the backbone object in place, so `model.states` uses them
         self.peft = PeftModel.from_pretrained(
             self.model.backbone, str(adapter_dir), is_trainable=True

@@ -37,7 +37,7 @@ from metarec.models.user_model import UserModel
 
 def last_states(model: UserModel, batch: EpisodeBatch, fast: FastWeights) -> torch.Tensor:
     """(U, item_dim) state after each user's last support item, under fast weights."""
-    with bind_fast_weights(model.lora_layers, fast):
+    with bind_fast_weights(model.fast_layers, fast):
         states = model.states(batch.support, batch.support_lengths)
     return states[torch.arange(len(states), device=states.device), batch.support_lengths - 1]
 
@@ -87,7 +87,7 @@ def support_loss_fn(
         pool_size -= int(unranked.sum())
 
     def support_loss(fast: FastWeights) -> torch.Tensor:
-        with bind_fast_weights(model.lora_layers, fast):
+        with bind_fast_weights(model.fast_layers, fast):
             states = model.states(batch.support, batch.support_lengths)
         if negatives is not None:
             targets = batch.support[:, 1:]
@@ -156,7 +156,7 @@ def streamed_support_loss_fn(model: UserModel, batch: EpisodeBatch, chunk_items:
         target_vectors = vectors[targets]
 
     def support_loss(fast: FastWeights) -> torch.Tensor:
-        with bind_fast_weights(model.lora_layers, fast):
+        with bind_fast_weights(model.fast_layers, fast):
             states = model.states(batch.support, batch.support_lengths)[:, :-1]
         flat = states.reshape(-1, states.shape[-1])
         log_partition = _LogPartition.apply(flat, vectors, chunk_items).view(targets.shape)
@@ -193,7 +193,7 @@ def adapt_batch(
     else:
         lr = lr * lr_scale
     if start is None:
-        start = initial_fast_weights(model.lora_layers, len(batch.support))
+        start = initial_fast_weights(model.fast_layers, len(batch.support))
     # leaves of their own: works under no_grad and with a frozen model (a distillation teacher)
     start = {
         name: (a.detach().requires_grad_(), b.detach().requires_grad_())
@@ -214,7 +214,7 @@ def episode_losses(
 ) -> dict[str, float]:
     """Mean support and query losses of a batch, before and after adaptation."""
     excluded = batch.support_excluded(model.id_embedding.num_embeddings)
-    start = initial_fast_weights(model.lora_layers, len(batch.support))
+    start = initial_fast_weights(model.fast_layers, len(batch.support))
     adapted = adapt_batch(model, batch, meta, rates, meta.inner_steps)
     means = {}
     with torch.no_grad():

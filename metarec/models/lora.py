@@ -46,7 +46,9 @@ class LoRAConfig:
 
     ``target_modules``: names of the linear layers that get adapters (peft's matching:
     the last component of the module path). ``layers``: indices of the decoder layers
-    whose adapters exist (None = all).
+    whose adapters exist (None = all). ``fast_layers``: those of them whose adapters are the
+    fast weights, adapted per user in the inner loop (None = all); the adapters of the
+    other layers are trained like the item side and shared by every user (ANIL-style).
     """
 
     rank: int = 8
@@ -56,6 +58,7 @@ class LoRAConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
     layers: list[int] | None = None
+    fast_layers: list[int] | None = None
 
 
 class _Weight(nn.Module):
@@ -127,6 +130,23 @@ def inject_lora(model: nn.Module, config: LoRAConfig) -> dict[str, BatchedLoRALi
         setattr(parent, child, lora)
         wrapped[name] = lora
     return wrapped
+
+
+def fast_lora_layers(
+    layers: dict[str, BatchedLoRALinear], fast_layers: list[int] | None
+) -> dict[str, BatchedLoRALinear]:
+    """The adapters of ``layers`` that are fast weights: those in the decoder layers
+    ``fast_layers`` (`LoRAConfig.fast_layers`; None: every adapter)."""
+    if fast_layers is None:
+        return dict(layers)
+    fast = {name: layer for name, layer in layers.items() if layer_index(name) in fast_layers}
+    if not fast:
+        placed = sorted({layer_index(name) for name in layers}, key=str)
+        raise MetarecError(
+            f"lora.fast_layers {fast_layers}: no adapter sits in those decoder layers (the "
+            f"adapters are in layers {placed})"
+        )
+    return fast
 
 
 def initial_fast_weights(layers: dict[str, BatchedLoRALinear], n_users: int) -> FastWeights:

@@ -38,7 +38,13 @@ from metarec.errors import MetarecError
 from metarec.models.backbone import BackboneConfig, load_backbone, trainable_dtype
 from metarec.models.frozen_prefix import run_layers
 from metarec.models.item_init import svd_item_embeddings
-from metarec.models.lora import BatchedLoRALinear, LoRAConfig, inject_lora, layer_index
+from metarec.models.lora import (
+    BatchedLoRALinear,
+    LoRAConfig,
+    fast_lora_layers,
+    inject_lora,
+    layer_index,
+)
 from metarec.models.text_encoder import cached_text_vectors
 
 # Hugging Face decoders that `run_layers` can split at a layer (no input scaling, one norm)
@@ -78,6 +84,7 @@ class UserModel(nn.Module):
         self.config = config
         self.backbone = backbone
         self.lora_layers: dict[str, BatchedLoRALinear] = inject_lora(backbone, config.lora)
+        self.fast_layers = fast_lora_layers(self.lora_layers, config.lora.fast_layers)
         hidden = backbone.config.hidden_size
         # the item side trains in at least float32, whatever the frozen backbone's dtype
         dtype = trainable_dtype(next(backbone.parameters()).dtype)
@@ -235,8 +242,8 @@ class UserModel(nn.Module):
         return self.output_projection(hidden.to(self.output_projection.weight.dtype))
 
     def first_adapted_layer(self) -> int:
-        """Index of the lowest decoder layer with LoRA (0 if any adapter sits elsewhere)."""
-        indices = [layer_index(name) for name in self.lora_layers]
+        """Index of the lowest decoder layer with fast weights (0 if any sits elsewhere)."""
+        indices = [layer_index(name) for name in self.fast_layers]
         return 0 if None in indices else min(indices)
 
     @contextmanager
