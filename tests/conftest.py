@@ -22,9 +22,9 @@ from metarec.data.prepare import DataConfig
 from metarec.data.preprocess import PreprocessOptions, preprocess
 from metarec.data.synthetic import synthetic_raw
 from metarec.meta.algorithms import MetaConfig
-from metarec.models.backbone import BackboneConfig
+from metarec.models.backbone import BackboneConfig, load_backbone
 from metarec.models.lora import LoRAConfig
-from metarec.models.user_model import UserModelConfig
+from metarec.models.user_model import UserModel, UserModelConfig
 from train.meta_train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +40,19 @@ def tiny_user_model() -> UserModelConfig:
         id_dim=16,
         item_dim=16,
     )
+
+
+def tiny_trained_model(lora: LoRAConfig, n_items: int = 40) -> UserModel:
+    """`tiny_user_model` with ``lora``, looking trained (seeded): random id embeddings and
+    non-zero LoRA B, so adapting moves every score."""
+    torch.manual_seed(0)
+    config = tiny_user_model()
+    config.lora = lora
+    model = UserModel(config, load_backbone(config.backbone), None, n_items)
+    torch.nn.init.normal_(model.id_embedding.weight)
+    for layer in model.lora_layers.values():
+        torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
+    return model
 
 
 def synthetic_files(folder: Path, n_users: int, seed: int, n_items: int = 120) -> DataConfig:

@@ -6,6 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_trained_model
 
 from metarec.data.episodes import collate
 from metarec.errors import MetarecError
@@ -13,9 +14,7 @@ from metarec.meta.algorithms import MetaConfig
 from metarec.meta.losses import next_item_losses
 from metarec.meta.meta_step import MetaStepModule
 from metarec.meta.personalise import adapt_batch, adapted_states
-from metarec.models.backbone import BackboneConfig, load_backbone
 from metarec.models.lora import LoRAConfig
-from metarec.models.user_model import UserModel, UserModelConfig
 
 HISTORIES = [np.array([3, 5, 7, 9, 11]), np.array([2, 4, 6]), np.array([30, 31, 32, 33])]
 META = MetaConfig(algorithm="fomaml", inner_steps=3, inner_lr=0.5)
@@ -23,19 +22,7 @@ META = MetaConfig(algorithm="fomaml", inner_steps=3, inner_lr=0.5)
 
 def tiny_model(fast_layers):
     """The 2-layer tiny Llama with adapters in both layers, fast in ``fast_layers`` only."""
-    torch.manual_seed(0)
-    config = UserModelConfig(
-        backbone=BackboneConfig(name="tiny-llama", num_layers=None),
-        lora=LoRAConfig(rank=4, alpha=8.0, fast_layers=fast_layers),
-        text_encoder="none",
-        id_dim=16,
-        item_dim=16,
-    )
-    model = UserModel(config, load_backbone(config.backbone), None, 40)
-    torch.nn.init.normal_(model.id_embedding.weight)
-    for layer in model.lora_layers.values():  # a trained init: B is not zero any more
-        torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
-    return model
+    return tiny_trained_model(LoRAConfig(rank=4, alpha=8.0, fast_layers=fast_layers))
 
 
 def per_user_sgd_states(model, meta):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from conftest import tiny_trained_model
 
 from metarec.data.episodes import collate
 from metarec.meta.algorithms import MetaConfig
@@ -10,23 +11,10 @@ from metarec.meta.personalise import adapt_batch, adapted_states, last_states
 from metarec.models.backbone import BackboneConfig, load_backbone
 from metarec.models.frozen_prefix import run_layers
 from metarec.models.lora import LoRAConfig, save_peft_adapter
-from metarec.models.user_model import UserModel, UserModelConfig
 
 
 def tiny_model(layers):
-    torch.manual_seed(0)
-    config = UserModelConfig(
-        backbone=BackboneConfig(name="tiny-llama", num_layers=None),
-        lora=LoRAConfig(rank=4, alpha=8.0, layers=layers),
-        text_encoder="none",
-        id_dim=16,
-        item_dim=16,
-    )
-    model = UserModel(config, load_backbone(config.backbone), None, 40)
-    torch.nn.init.normal_(model.id_embedding.weight)
-    for layer in model.lora_layers.values():
-        torch.nn.init.normal_(layer.lora_B.weight, std=0.1)
-    return model
+    return tiny_trained_model(LoRAConfig(rank=4, alpha=8.0, layers=layers))
 
 
 def test_bottom_then_top_layers_compose_to_the_full_forward():
