@@ -232,14 +232,15 @@ def main() -> None:
         for support in supports:
             protocol = ["--protocol", "coldstart", "--support-size", support, "--split-seed", seed]
             baselines_folder = (args.baselines_dir or args.run_dir) / f"seed{seed}"
+            # part -> (its methods, folder, evaluate options, training seed of all its fits)
             parts = {
-                f"baselines_s{support}": (baselines, baselines_folder, baselines_config),
-                **{f"baselines_s{support}_train{fit}": (names, baselines_folder, options)
+                f"baselines_s{support}": (baselines, baselines_folder, baselines_config, None),
+                **{f"baselines_s{support}_train{fit}": (names, baselines_folder, options, fit)
                    for fit, (names, options) in refits.items()},
                 f"llm_s{support}": (LLM_METHODS if args.llm else [], seed_dir,
-                                    ["--checkpoint", str(run)]),
+                                    ["--checkpoint", str(run)], None),
             }  # fmt: skip
-            for part, (names, folder, options) in parts.items():
+            for part, (names, folder, options, fit) in parts.items():
                 output = folder / f"{part}.json"
                 users = folder / f"{part}.parquet"
                 if names and not evaluated(users, names):
@@ -249,8 +250,7 @@ def main() -> None:
                 if names:
                     results[f"seed_{seed}_{part}"] = json.loads(output.read_text())
                     frame = pd.read_parquet(users).assign(seed=int(seed))
-                    fit = part.partition("_train")[2]
-                    frame["fit"] = int(fit) if fit else frame["method"].map(own_seeds)
+                    frame["fit"] = frame["method"].map(own_seeds) if fit is None else fit
                     per_user[f"support {support}"].append(frame)
     fits = {name: pd.concat(frames) for name, frames in per_user.items() if frames}
     pooled = {name: mean_over_fits(frame) for name, frame in fits.items()}
