@@ -19,6 +19,12 @@ training seed's mean over the split seeds and their mean ± sd. The fits other t
 YAML's own seed are written beside the baselines (``baselines_s<K>_train<T>.parquet``, from
 ``baselines_train<T>.yaml``: the YAML with the seed changed).
 
+``--llm-seeds 0,1,2`` does the same for the LLM: a run per training seed (the config's
+``seed``) on every split seed, the config's own seed in ``seed<S>/coldstart``, the others in
+``seed<S>/coldstart_train<T>`` with results in ``llm_s<K>_train<T>.parquet``; llm-noadapt,
+llm-finetune and meta-lora each get the per-user mean over their runs, and a row per
+training seed in the second table.
+
 The baselines and the LLM methods are evaluated separately, and results already there are
 reused (the command continues where it stopped): a seed's baseline results in
 ``--baselines-dir`` (``seed<S>/baselines_s<K>.parquet`` holding every asked-for method), so
@@ -43,10 +49,11 @@ import pandas as pd
 import yaml
 
 from metarec.cli import main as metarec
-from metarec.config import load_yaml
+from metarec.config import from_mapping, load_yaml
 from metarec.eval.metrics import bootstrap_ci
 from metarec.eval.report import comparison_table
-from metarec.options import REPO_CONFIGS
+from metarec.options import REPO_CONFIGS, apply_override
+from metarec.trained_run import TrainConfig
 
 LLM_METHODS = ["llm-noadapt", "llm-finetune", "meta-lora"]
 METRIC = "ndcg@10"
@@ -181,6 +188,13 @@ def main() -> None:
         "their per-user mean in the tables; the YAML's own seed is always one (default: it alone)",
     )
     parser.add_argument(
+        "--llm-seeds",
+        default="",
+        help="training seeds of the LLM run (the config's seed), e.g. 0,1,2: a run per seed, "
+        "the LLM methods' per-user mean over them in the tables; the config's own seed is "
+        "always one (default: it alone)",
+    )
+    parser.add_argument(
         "--baselines-dir",
         type=Path,
         help="where the baselines' per-seed results are (reused when there; default --run-dir): "
@@ -216,6 +230,14 @@ def main() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(changed, sort_keys=False))
             refits[fit] = (names, ["--baselines-config", str(path)])
+    train_yaml = load_yaml(args.config)
+    for assignment in args.set:
+        apply_override(train_yaml, assignment)
+    own_llm_seed = from_mapping(TrainConfig, train_yaml, where=str(args.config)).seed
+    llm_runs = {own_llm_seed: ""}  # training seed -> suffix of its run dir and result files
+    for fit in [int(seed) for seed in args.llm_seeds.split(",") if seed]:
+        llm_runs.setdefault(fit, f"_train{fit}")
+    stochastic = list(own_seeds) + (LLM_METHODS if args.llm and len(llm_runs) > 1 else [])
     seconds: dict[str, float] = {}
     results: dict[str, dict] = {}
     protocols = args.protocols.split(",")
@@ -224,11 +246,14 @@ def main() -> None:
     per_user: dict[str, list[pd.DataFrame]] = {f"support {s}": [] for s in supports}
     for seed in seeds if supports else []:
         seed_dir = args.run_dir / f"seed{seed}"
-        run = seed_dir / "coldstart"
-        llm_done = all(evaluated(seed_dir / f"llm_s{k}.parquet", LLM_METHODS) for k in supports)
-        if args.llm and not llm_done:
-            timed(f"seed {seed}: train", ["train", "--config", str(args.config), "--split-seed",
-                  seed, "--output-dir", str(run), *overrides], seconds)  # fmt: skip
+        for fit, suffix in llm_runs.items() if args.llm else []:
+            llm_done = all(
+                evaluated(seed_dir / f"llm_s{k}{suffix}.parquet", LLM_METHODS) for k in supports
+            )
+            if not llm_done:
+                timed(f"seed {seed}: train{suffix}", ["train", "--config", str(args.config),
+                      "--split-seed", seed, "--output-dir", str(seed_dir / f"coldstart{suffix}"),
+                      *overrides, "--set", f"seed={fit}"], seconds)  # fmt: skip
         for support in supports:
             protocol = ["--protocol", "coldstart", "--support-size", support, "--split-seed", seed]
             baselines_folder = (args.baselines_dir or args.run_dir) / f"seed{seed}"
@@ -237,8 +262,9 @@ def main() -> None:
                 f"baselines_s{support}": (baselines, baselines_folder, baselines_config, None),
                 **{f"baselines_s{support}_train{fit}": (names, baselines_folder, options, fit)
                    for fit, (names, options) in refits.items()},
-                f"llm_s{support}": (LLM_METHODS if args.llm else [], seed_dir,
-                                    ["--checkpoint", str(run)], None),
+                **{f"llm_s{support}{suffix}": (LLM_METHODS if args.llm else [], seed_dir,
+                   ["--checkpoint", str(seed_dir / f"coldstart{suffix}")], fit)
+                   for fit, suffix in llm_runs.items()},
             }  # fmt: skip
             for part, (names, folder, options, fit) in parts.items():
                 output = folder / f"{part}.json"
@@ -255,7 +281,7 @@ def main() -> None:
     fits = {name: pd.concat(frames) for name, frames in per_user.items() if frames}
     pooled = {name: mean_over_fits(frame) for name, frame in fits.items()}
     training_seeds = {
-        name: training_seed_summary(frame, list(own_seeds)) for name, frame in fits.items()
+        name: training_seed_summary(frame, stochastic) for name, frame in fits.items()
     }
     comparisons = {
         name: paired_comparison(frame, methods, args.bootstrap_resamples)
@@ -268,7 +294,7 @@ def main() -> None:
     if comparisons:
         print()
         print(comparisons_table(comparisons))
-    if refits and pooled:
+    if (refits or len(llm_runs) > 1) and pooled:
         print()
         print(training_seeds_table(training_seeds))
     if "sampled" in protocols:

@@ -1,5 +1,5 @@
-"""bench/coldstart_llm.py's three-seed table with SASRec refitted per training seed, from
-per-user result files already on disk (nothing trained), against sums done by hand."""
+"""bench/coldstart_llm.py's three-seed table with SASRec, and the LLM, run per training seed,
+from per-user result files already on disk (nothing trained), against sums done by hand."""
 
 import importlib.util
 import json
@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "coldstart_llm.py"
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench" / "coldstart_llm.py"
 USERS = ["u1", "u2", "u3", "u4", "u5", "u6"]
 
 
@@ -54,7 +55,8 @@ def test_sasrec_is_the_mean_of_its_training_seeds(bench, tmp_path, monkeypatch):
             write_part(baselines, f"baselines_s5_train{fit}", refit)
     output = tmp_path / "table.json"
     monkeypatch.setattr(sys, "argv", [
-        "coldstart_llm.py", "--config", "unused.yaml", "--run-dir", str(tmp_path / "runs"),
+        "coldstart_llm.py", "--config", str(REPO / "configs" / "ml100k_smollm2.yaml"),
+        "--run-dir", str(tmp_path / "runs"),
         "--baselines-dir", str(tmp_path / "baselines"), "--baselines", "itemknn,sasrec",
         "--split-seeds", "0,1", "--supports", "5", "--protocols", "coldstart",
         "--baseline-seeds", "0,1,2", "--json", str(output),
@@ -85,6 +87,55 @@ def test_sasrec_is_the_mean_of_its_training_seeds(bench, tmp_path, monkeypatch):
     assert comparison["ratio"] == pytest.approx(meta_mean / sasrec_mean)
     changed = (tmp_path / "baselines" / "baselines_train2.yaml").read_text()
     assert "seed: 2" in changed
+
+
+def test_the_llm_methods_are_the_mean_of_their_training_seeds(bench, tmp_path, monkeypatch):
+    config = tmp_path / "seed1.yaml"
+    config.write_text("seed: 1\n")  # its own run is coldstart/, seed 2's coldstart_train2/
+    rng = np.random.default_rng(11)
+    draws = {}  # (split seed, method, training seed) -> per-user ndcg@10
+    for split in (0, 1):
+        draws[split, "pop", None] = rng.uniform(0.1, 0.3, len(USERS))
+        runs = tmp_path / "runs" / f"seed{split}"
+        for fit, suffix in ((1, ""), (2, "_train2")):
+            for method in bench.LLM_METHODS:
+                draws[split, method, fit] = rng.uniform(0.2, 0.6, len(USERS))
+            scores = {method: draws[split, method, fit] for method in bench.LLM_METHODS}
+            write_part(runs, f"llm_s5{suffix}", scores)
+        write_part(runs, "baselines_s5", {"pop": draws[split, "pop", None]})
+    output = tmp_path / "table.json"
+    monkeypatch.setattr(sys, "argv", [
+        "coldstart_llm.py", "--config", str(config), "--run-dir", str(tmp_path / "runs"),
+        "--baselines", "pop", "--split-seeds", "0,1", "--supports", "5",
+        "--protocols", "coldstart", "--llm-seeds", "1,2", "--json", str(output),
+    ])  # fmt: skip
+    bench.main()
+    found = json.loads(output.read_text())
+
+    def mean_over_splits(method: str, fit: int) -> float:
+        return statistics.mean(float(draws[split, method, fit].mean()) for split in (0, 1))
+
+    summaries = found["training_seeds"]["support 5"]
+    assert set(summaries) == set(bench.LLM_METHODS)
+    for method in bench.LLM_METHODS:
+        per_fit = {str(fit): mean_over_splits(method, fit) for fit in (1, 2)}
+        assert summaries[method]["per_training_seed"] == pytest.approx(per_fit)
+        assert summaries[method]["sd"] == pytest.approx(statistics.stdev(per_fit.values()))
+    comparison = found["comparisons"]["support 5"]
+    means = {
+        method: statistics.mean(mean_over_splits(method, fit) for fit in (1, 2))
+        for method in bench.LLM_METHODS
+    }
+    best = max(["llm-noadapt", "llm-finetune"], key=means.get)
+    assert comparison["best_other"] == best
+    assert comparison["ratio"] == pytest.approx(means["meta-lora"] / means[best])
+    differences = [
+        statistics.mean(draws[split, "meta-lora", fit][user] - draws[split, best, fit][user]
+                        for fit in (1, 2))
+        for split in (0, 1)
+        for user in range(len(USERS))
+    ]  # fmt: skip
+    assert comparison["difference"] == pytest.approx(statistics.mean(differences))
 
 
 def test_one_fit_per_method_keeps_its_figures(bench):
