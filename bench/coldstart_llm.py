@@ -23,7 +23,9 @@ YAML's own seed are written beside the baselines (``baselines_s<K>_train<T>.parq
 ``seed``) on every split seed, the config's own seed in ``seed<S>/coldstart``, the others in
 ``seed<S>/coldstart_train<T>`` with results in ``llm_s<K>_train<T>.parquet``; llm-noadapt,
 llm-finetune and meta-lora each get the per-user mean over their runs, and a row per
-training seed in the second table.
+training seed in the second table. With more than one LLM seed, ``meta-lora-ensemble`` (the
+runs of one split seed, each adapted on its own, their log-softmax averaged) gets its row and
+its comparison with the best method other than meta-lora.
 
 The baselines and the LLM methods are evaluated separately, and results already there are
 reused (the command continues where it stopped): a seed's baseline results in
@@ -56,6 +58,7 @@ from metarec.options import REPO_CONFIGS, apply_override
 from metarec.trained_run import TrainConfig
 
 LLM_METHODS = ["llm-noadapt", "llm-finetune", "meta-lora"]
+ENSEMBLE = "meta-lora-ensemble"
 METRIC = "ndcg@10"
 
 
@@ -125,26 +128,29 @@ def training_seeds_table(summaries: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def paired_comparison(per_user: pd.DataFrame, methods: list[str], resamples: int) -> dict:
-    """meta-lora against the other method with the highest mean over seeds.
+def paired_comparison(
+    per_user: pd.DataFrame, methods: list[str], resamples: int, method: str = "meta-lora"
+) -> dict:
+    """``method`` (meta-lora or its ensemble) against the method with the highest mean over
+    seeds other than those two.
 
     ``per_user``: one row per (method, seed, test user) of one support size. The
     difference is taken user by user within a seed (both methods ranked the same users),
     then pooled over seeds for the bootstrap.
     """
     means = seed_means(per_user).mean(axis=1)
-    others = [name for name in methods if name != "meta-lora"]
+    others = [name for name in methods if name not in ("meta-lora", ENSEMBLE)]
     best = max(others, key=lambda name: means[name])
     wide = per_user.pivot_table(index=["seed", "user_id"], columns="method", values=METRIC)
-    differences = (wide["meta-lora"] - wide[best]).to_numpy()
+    differences = (wide[method] - wide[best]).to_numpy()
     low, high = bootstrap_ci(differences, resamples)
     return {
         "best_other": best,
-        "ratio": float(means["meta-lora"] / means[best]),
+        "ratio": float(means[method] / means[best]),
         "difference": float(differences.mean()),
         "difference_ci": [low, high],
         "pairs": len(differences),
-        "above_llm_finetune": bool(means["meta-lora"] > means.get("llm-finetune", -np.inf)),
+        "above_llm_finetune": bool(means[method] > means.get("llm-finetune", -np.inf)),
     }
 
 
@@ -163,8 +169,8 @@ def seeds_table(per_user: dict[str, pd.DataFrame], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
-def comparisons_table(comparisons: dict[str, dict]) -> str:
-    header = "| support | best other | meta-lora / best | meta-lora − best (paired 95% CI)"
+def comparisons_table(comparisons: dict[str, dict], method: str = "meta-lora") -> str:
+    header = f"| support | best other | {method} / best | {method} − best (paired 95% CI)"
     lines = [header + " | pairs |", "|---|---|---|---|---|"]
     for name, found in comparisons.items():
         low, high = found["difference_ci"]
@@ -237,7 +243,9 @@ def main() -> None:
     llm_runs = {own_llm_seed: ""}  # training seed -> suffix of its run dir and result files
     for fit in [int(seed) for seed in args.llm_seeds.split(",") if seed]:
         llm_runs.setdefault(fit, f"_train{fit}")
-    stochastic = list(own_seeds) + (LLM_METHODS if args.llm and len(llm_runs) > 1 else [])
+    ensemble = args.llm and len(llm_runs) > 1
+    stochastic = list(own_seeds) + (LLM_METHODS if ensemble else [])
+    methods += [ENSEMBLE] if ensemble else []
     seconds: dict[str, float] = {}
     results: dict[str, dict] = {}
     protocols = args.protocols.split(",")
@@ -266,6 +274,10 @@ def main() -> None:
                    ["--checkpoint", str(seed_dir / f"coldstart{suffix}")], fit)
                    for fit, suffix in llm_runs.items()},
             }  # fmt: skip
+            if ensemble:
+                own, *others = [seed_dir / f"coldstart{suffix}" for suffix in llm_runs.values()]
+                parts[f"ensemble_s{support}"] = ([ENSEMBLE], seed_dir, ["--checkpoint", str(own),
+                    "--ensemble-checkpoints", ",".join(map(str, others))], None)  # fmt: skip
             for part, (names, folder, options, fit) in parts.items():
                 output = folder / f"{part}.json"
                 users = folder / f"{part}.parquet"
@@ -291,9 +303,17 @@ def main() -> None:
     if pooled:
         print(f"split seeds {', '.join(seeds)}: mean over seeds (each seed's mean)\n")
         print(seeds_table(pooled, methods))
+    ensemble_comparisons = {
+        name: paired_comparison(frame, methods, args.bootstrap_resamples, ENSEMBLE)
+        for name, frame in pooled.items()
+        if ensemble
+    }
     if comparisons:
         print()
         print(comparisons_table(comparisons))
+    if ensemble_comparisons:
+        print()
+        print(comparisons_table(ensemble_comparisons, ENSEMBLE))
     if (refits or len(llm_runs) > 1) and pooled:
         print()
         print(training_seeds_table(training_seeds))
@@ -322,6 +342,7 @@ def main() -> None:
         summary = {
             "results": results,
             "comparisons": comparisons,
+            "ensemble_comparisons": ensemble_comparisons,
             "training_seeds": training_seeds,
             "seconds": seconds,
         }

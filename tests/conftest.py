@@ -95,11 +95,11 @@ def tiny_config_file(folder: Path, data: DataConfig, **overrides) -> Path:
     return path
 
 
-def train_tiny_run(folder: Path, data: DataConfig, support_sizes=(5, 10)) -> TrainConfig:
-    """Train a tiny run into ``folder/run`` and index its catalogue flat in ``folder/index``."""
-    from retrieval.build import IndexBuildConfig, build_catalogue_index
-    from retrieval.index import IndexConfig
-
+def train_tiny_run(
+    folder: Path, data: DataConfig, support_sizes=(5, 10), seed: int = 0, index: bool = True
+) -> TrainConfig:
+    """Train a tiny run with training ``seed`` into ``folder/run`` and, with ``index``, index
+    its catalogue flat in ``folder/index``."""
     config = TrainConfig(
         data=data,
         model=tiny_user_model(),
@@ -110,8 +110,14 @@ def train_tiny_run(folder: Path, data: DataConfig, support_sizes=(5, 10)) -> Tra
         outer_lr=3e-3,
         users_per_batch=16,
         output_dir=folder / "run",
+        seed=seed,
     )
     train(config)
+    if not index:
+        return config
+    from retrieval.build import IndexBuildConfig, build_catalogue_index
+    from retrieval.index import IndexConfig
+
     build_catalogue_index(
         IndexBuildConfig(folder / "index", IndexConfig("flat"), folder / "run", data)
     )

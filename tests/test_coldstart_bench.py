@@ -102,6 +102,10 @@ def test_the_llm_methods_are_the_mean_of_their_training_seeds(bench, tmp_path, m
                 draws[split, method, fit] = rng.uniform(0.2, 0.6, len(USERS))
             scores = {method: draws[split, method, fit] for method in bench.LLM_METHODS}
             write_part(runs, f"llm_s5{suffix}", scores)
+        draws[split, "meta-lora-ensemble", None] = rng.uniform(0.2, 0.6, len(USERS))
+        write_part(
+            runs, "ensemble_s5", {"meta-lora-ensemble": draws[split, "meta-lora-ensemble", None]}
+        )
         write_part(runs, "baselines_s5", {"pop": draws[split, "pop", None]})
     output = tmp_path / "table.json"
     monkeypatch.setattr(sys, "argv", [
@@ -136,6 +140,11 @@ def test_the_llm_methods_are_the_mean_of_their_training_seeds(bench, tmp_path, m
         for user in range(len(USERS))
     ]  # fmt: skip
     assert comparison["difference"] == pytest.approx(statistics.mean(differences))
+    # the ensemble is one method per split seed, compared with the same best other
+    ensemble = found["ensemble_comparisons"]["support 5"]
+    ensemble_mean = mean_over_splits("meta-lora-ensemble", None)
+    assert ensemble["best_other"] == best
+    assert ensemble["ratio"] == pytest.approx(ensemble_mean / means[best])
 
 
 def test_one_fit_per_method_keeps_its_figures(bench):

@@ -196,7 +196,7 @@ def test_meta_lora_beats_noadapt_when_users_follow_their_own_rule(tmp_path):
 
 def test_missing_checkpoint_is_a_clear_error(capsys):
     assert main(["evaluate", "--methods", "meta-lora"]) == 2
-    assert "meta-lora and llm-finetune need --checkpoint" in capsys.readouterr().err
+    assert "meta-lora: needs --checkpoint (a meta-lora run dir)" in capsys.readouterr().err
 
 
 def test_capped_epochs_take_the_cap_and_report_the_full_batch_count(data_config, tmp_path):

@@ -34,6 +34,7 @@ from metarec.eval.ranking import ranked_cases
 from metarec.eval.recommender import Recommender
 from metarec.eval.report import markdown_table, write_json, write_per_user
 from metarec.meta.algorithms import MetaConfig
+from metarec.meta.ensemble import EnsembleRecommender
 from metarec.models.item_init import svd_item_embeddings
 from metarec.models.text_encoder import cached_text_vectors
 from metarec.options import (
@@ -63,13 +64,15 @@ class EvaluateConfig:
     bootstrap_seed: int = 0
     checkpoint: Path | None = None
     baseline_checkpoint: Path | None = None
+    # meta-lora-ensemble: these runs (trained alike, other seeds) with --checkpoint's
+    ensemble_checkpoints: list[Path] = field(default_factory=list)
     trust_remote_code: bool = False  # let the runs' backbones run code from their model folders
     device: str = "cpu"  # where the LLM methods compute (--device, resolved by config_from_args)
     output: Path | None = None  # results JSON
     per_user_output: Path | None = None  # per-user metrics Parquet
 
 
-LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")
+LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora", "meta-lora-ensemble")
 FUSION_METHODS = ("fusion", "fusion-stack")
 # learn items from interactions alone: an item no training user interacted with gets no
 # learned score (0 from pop, itemknn, userknn and ease), so they cannot rank new items
@@ -87,9 +90,15 @@ def _check_llm_methods(config: EvaluateConfig, names: list[str]) -> None:
     if config.baseline_checkpoint is None and own_baseline and own_baseline.is_dir():
         config.baseline_checkpoint = own_baseline
     wanted = [name for name in names if name in LLM_METHODS]
-    needs_meta = "meta-lora" in wanted or "llm-finetune" in wanted
+    needs_meta = {"meta-lora", "llm-finetune", "meta-lora-ensemble"} & set(wanted)
     if needs_meta and config.checkpoint is None:
-        raise ConfigError("meta-lora and llm-finetune need --checkpoint (a meta-lora run dir)")
+        needing = ", ".join(sorted(needs_meta))
+        raise ConfigError(f"{needing}: needs --checkpoint (a meta-lora run dir)")
+    if "meta-lora-ensemble" in wanted and not config.ensemble_checkpoints:
+        raise ConfigError(
+            "meta-lora-ensemble needs --ensemble-checkpoints: the other meta-lora run dirs "
+            "(trained alike with other seeds) whose scores are averaged with --checkpoint's"
+        )
     needs_baseline = "llm-noadapt" in wanted or "llm-finetune" in wanted
     if needs_baseline and config.baseline_checkpoint is None:
         raise ConfigError(
@@ -100,7 +109,8 @@ def _check_llm_methods(config: EvaluateConfig, names: list[str]) -> None:
 
 def _llm_methods(names: list[str], config: EvaluateConfig) -> dict[str, Recommender]:
     """meta-lora: the meta-learned init adapted; llm-noadapt: the normally trained model;
-    llm-finetune: that model fine-tuned with meta-lora's inner steps and (initial) inner lr.
+    llm-finetune: that model fine-tuned with meta-lora's inner steps and (initial) inner lr;
+    meta-lora-ensemble: meta-lora of --checkpoint and of each --ensemble-checkpoints run.
 
     Each run is loaded once and refused if it may have trained on the protocol's test users.
     """
@@ -116,6 +126,9 @@ def _llm_methods(names: list[str], config: EvaluateConfig) -> dict[str, Recommen
     for name in names:
         if name == "meta-lora":
             methods[name] = run_of(config.checkpoint).recommender()
+        elif name == "meta-lora-ensemble":
+            folders = [config.checkpoint, *config.ensemble_checkpoints]
+            methods[name] = EnsembleRecommender([run_of(f).recommender() for f in folders])
         elif name == "llm-noadapt":
             methods[name] = run_of(config.baseline_checkpoint).recommender(inner_steps=0)
         elif name == "llm-finetune":
@@ -274,11 +287,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods",
         default="pop,itemknn",
         help="comma-separated: pop, itemknn, userknn, ease, sasrec, content, llm-noadapt, "
-        "llm-finetune, meta-lora",
+        "llm-finetune, meta-lora, meta-lora-ensemble",
     )
     parser.add_argument("--baselines-config", type=Path, default=REPO_CONFIGS / "baselines.yaml")
     parser.add_argument("--bootstrap-resamples", type=int, default=1000)
     parser.add_argument("--checkpoint", type=Path, help="meta-lora run dir (metarec train)")
+    parser.add_argument(
+        "--ensemble-checkpoints",
+        type=lambda text: [Path(part) for part in name_list(text)],
+        default=[],
+        help="meta-lora-ensemble: other meta-lora run dirs, comma-separated, trained alike "
+        "with other seeds; their adapted scores are averaged with --checkpoint's",
+    )
     parser.add_argument(
         "--baseline-checkpoint",
         type=Path,
