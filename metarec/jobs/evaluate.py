@@ -72,7 +72,9 @@ class EvaluateConfig:
     per_user_output: Path | None = None  # per-user metrics Parquet
 
 
-LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora", "meta-lora-ensemble")
+LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")  # what one trained run gives
+# the methods read from trained runs: one run's, and meta-lora of several runs as one
+RUN_METHODS = (*LLM_METHODS, "meta-lora-ensemble")
 FUSION_METHODS = ("fusion", "fusion-stack")
 # learn items from interactions alone: an item no training user interacted with gets no
 # learned score (0 from pop, itemknn, userknn and ease), so they cannot rank new items
@@ -89,7 +91,7 @@ def _check_llm_methods(config: EvaluateConfig, names: list[str]) -> None:
     own_baseline = config.checkpoint and config.checkpoint / "pretrained"
     if config.baseline_checkpoint is None and own_baseline and own_baseline.is_dir():
         config.baseline_checkpoint = own_baseline
-    wanted = [name for name in names if name in LLM_METHODS]
+    wanted = [name for name in names if name in RUN_METHODS]
     needs_meta = {"meta-lora", "llm-finetune", "meta-lora-ensemble"} & set(wanted)
     if needs_meta and config.checkpoint is None:
         needing = ", ".join(sorted(needs_meta))
@@ -192,9 +194,9 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     classical = {
         name: build_baseline(name, config.hyperparameters, text_vectors)
         for name in standalone + members
-        if name not in LLM_METHODS
+        if name not in RUN_METHODS
     }
-    llm = _llm_methods([name for name in standalone + members if name in LLM_METHODS], config)
+    llm = _llm_methods([name for name in standalone + members if name in RUN_METHODS], config)
     built = {
         name: classical[name] if name in classical else llm[name] for name in standalone + members
     }
