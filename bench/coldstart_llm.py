@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -54,11 +55,11 @@ from metarec.cli import main as metarec
 from metarec.config import from_mapping, load_yaml
 from metarec.eval.metrics import bootstrap_ci
 from metarec.eval.report import comparison_table
-from metarec.options import REPO_CONFIGS, apply_override
+from metarec.jobs.evaluate import ENSEMBLE_METHOD
+from metarec.options import REPO_CONFIGS, Environment, config_mapping
 from metarec.trained_run import TrainConfig
 
 LLM_METHODS = ["llm-noadapt", "llm-finetune", "meta-lora"]
-ENSEMBLE = "meta-lora-ensemble"
 METRIC = "ndcg@10"
 
 
@@ -139,7 +140,7 @@ def paired_comparison(
     then pooled over seeds for the bootstrap.
     """
     means = seed_means(per_user).mean(axis=1)
-    others = [name for name in methods if name not in ("meta-lora", ENSEMBLE)]
+    others = [name for name in methods if name not in ("meta-lora", ENSEMBLE_METHOD)]
     best = max(others, key=lambda name: means[name])
     wide = per_user.pivot_table(index=["seed", "user_id"], columns="method", values=METRIC)
     differences = (wide[method] - wide[best]).to_numpy()
@@ -236,16 +237,16 @@ def main() -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(changed, sort_keys=False))
             refits[fit] = (names, ["--baselines-config", str(path)])
-    train_yaml = load_yaml(args.config)
-    for assignment in args.set:
-        apply_override(train_yaml, assignment)
-    own_llm_seed = from_mapping(TrainConfig, train_yaml, where=str(args.config)).seed
+    train_mapping = config_mapping(
+        args.config, args.set, None, None, Environment.from_variables(os.environ)
+    )
+    own_llm_seed = from_mapping(TrainConfig, train_mapping, where=str(args.config)).seed
     llm_runs = {own_llm_seed: ""}  # training seed -> suffix of its run dir and result files
     for fit in [int(seed) for seed in args.llm_seeds.split(",") if seed]:
         llm_runs.setdefault(fit, f"_train{fit}")
     ensemble = args.llm and len(llm_runs) > 1
     stochastic = list(own_seeds) + (LLM_METHODS if ensemble else [])
-    methods += [ENSEMBLE] if ensemble else []
+    methods += [ENSEMBLE_METHOD] if ensemble else []
     seconds: dict[str, float] = {}
     results: dict[str, dict] = {}
     protocols = args.protocols.split(",")
@@ -276,8 +277,9 @@ def main() -> None:
             }  # fmt: skip
             if ensemble:
                 own, *others = [seed_dir / f"coldstart{suffix}" for suffix in llm_runs.values()]
-                parts[f"ensemble_s{support}"] = ([ENSEMBLE], seed_dir, ["--checkpoint", str(own),
-                    "--ensemble-checkpoints", ",".join(map(str, others))], None)  # fmt: skip
+                members = ["--checkpoint", str(own), "--ensemble-checkpoints",
+                           ",".join(map(str, others))]  # fmt: skip
+                parts[f"ensemble_s{support}"] = ([ENSEMBLE_METHOD], seed_dir, members, None)
             for part, (names, folder, options, fit) in parts.items():
                 output = folder / f"{part}.json"
                 users = folder / f"{part}.parquet"
@@ -304,7 +306,7 @@ def main() -> None:
         print(f"split seeds {', '.join(seeds)}: mean over seeds (each seed's mean)\n")
         print(seeds_table(pooled, methods))
     ensemble_comparisons = {
-        name: paired_comparison(frame, methods, args.bootstrap_resamples, ENSEMBLE)
+        name: paired_comparison(frame, methods, args.bootstrap_resamples, ENSEMBLE_METHOD)
         for name, frame in pooled.items()
         if ensemble
     }
@@ -313,7 +315,7 @@ def main() -> None:
         print(comparisons_table(comparisons))
     if ensemble_comparisons:
         print()
-        print(comparisons_table(ensemble_comparisons, ENSEMBLE))
+        print(comparisons_table(ensemble_comparisons, ENSEMBLE_METHOD))
     if (refits or len(llm_runs) > 1) and pooled:
         print()
         print(training_seeds_table(training_seeds))

@@ -73,8 +73,8 @@ class EvaluateConfig:
 
 
 LLM_METHODS = ("llm-noadapt", "llm-finetune", "meta-lora")  # what one trained run gives
-# the methods read from trained runs: one run's, and meta-lora of several runs as one
-RUN_METHODS = (*LLM_METHODS, "meta-lora-ensemble")
+ENSEMBLE_METHOD = "meta-lora-ensemble"  # meta-lora of several runs as one
+RUN_METHODS = (*LLM_METHODS, ENSEMBLE_METHOD)  # the methods read from trained runs
 FUSION_METHODS = ("fusion", "fusion-stack")
 # learn items from interactions alone: an item no training user interacted with gets no
 # learned score (0 from pop, itemknn, userknn and ease), so they cannot rank new items
@@ -92,11 +92,11 @@ def _check_llm_methods(config: EvaluateConfig, names: list[str]) -> None:
     if config.baseline_checkpoint is None and own_baseline and own_baseline.is_dir():
         config.baseline_checkpoint = own_baseline
     wanted = [name for name in names if name in RUN_METHODS]
-    needs_meta = {"meta-lora", "llm-finetune", "meta-lora-ensemble"} & set(wanted)
+    needs_meta = {"meta-lora", "llm-finetune", ENSEMBLE_METHOD} & set(wanted)
     if needs_meta and config.checkpoint is None:
         needing = ", ".join(sorted(needs_meta))
         raise ConfigError(f"{needing}: needs --checkpoint (a meta-lora run dir)")
-    if "meta-lora-ensemble" in wanted and not config.ensemble_checkpoints:
+    if ENSEMBLE_METHOD in wanted and not config.ensemble_checkpoints:
         raise ConfigError(
             "meta-lora-ensemble needs --ensemble-checkpoints: the other meta-lora run dirs "
             "(trained alike with other seeds) whose scores are averaged with --checkpoint's"
@@ -128,7 +128,7 @@ def _llm_methods(names: list[str], config: EvaluateConfig) -> dict[str, Recommen
     for name in names:
         if name == "meta-lora":
             methods[name] = run_of(config.checkpoint).recommender()
-        elif name == "meta-lora-ensemble":
+        elif name == ENSEMBLE_METHOD:
             folders = [config.checkpoint, *config.ensemble_checkpoints]
             methods[name] = EnsembleRecommender([run_of(f).recommender() for f in folders])
         elif name == "llm-noadapt":

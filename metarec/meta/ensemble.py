@@ -12,21 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.special import log_softmax
 
 from metarec.data.splits import UserCase
 from metarec.errors import ConfigError
 from metarec.eval.recommender import Recommender
 
 
-def log_softmax(scores: np.ndarray) -> np.ndarray:
-    """(B, N) log-probabilities over each row of (B, N) scores, in float64."""
-    shifted = scores.astype(np.float64) - scores.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
 def mean_log_probabilities(member_scores: Sequence[np.ndarray]) -> np.ndarray:
     """(B, N) mean over M members of each one's (B, N) log-softmax over the catalogue."""
-    return sum(log_softmax(scores) for scores in member_scores) / len(member_scores)
+    logs = [log_softmax(scores.astype(np.float64), axis=1) for scores in member_scores]
+    return sum(logs) / len(logs)
 
 
 class EnsembleRecommender(Recommender):
